@@ -1,0 +1,245 @@
+/*
+ * The admin listener: GET /healthz, GET /readyz, GET /metrics in the
+ * Prometheus text format, and DELETE /cache/jobs/{job_id} and
+ * DELETE /cache/orgs/{org_id} to purge entries. It shares the event loop
+ * with the proxy port and must only be reachable by operators.
+ */
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jobgate/jg_admin.h"
+#include "jobgate/jg_cache.h"
+#include "jobgate/jg_log.h"
+#include "jobgate/jg_principal.h"
+#include "jobgate/jg_request.h"
+#include "jobgate/jg_server.h"
+#include "jobgate/jg_upstream.h"
+#include "jobgate/jg_util.h"
+#include "jobgate/jg_uuid.h"
+
+static void
+reply_text(struct evhttp_request *req, int status, const char *ctype,
+           struct evbuffer *body)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      ctype);
+    evhttp_send_reply(req, status, jg_status_reason(status), body);
+}
+
+static void
+metric(struct evbuffer *out, const char *name, const char *help,
+       const char *type, uint64_t value)
+{
+    evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name,
+                        help, name, type, name, (unsigned long long)value);
+}
+
+static void
+render_metrics(struct jg_server *srv, struct evbuffer *out)
+{
+    const struct jg_metrics *m = &srv->metrics;
+    const struct jg_cache_stats *cs = jg_cache_stats(srv->cache);
+    const struct jg_principal_stats *ps = jg_principals_stats(srv->principals);
+    size_t i;
+
+    metric(out, "jobgate_requests_total", "Requests on the proxy port.",
+           "counter", m->requests);
+    metric(out, "jobgate_job_requests_total", "Valid job route requests.",
+           "counter", m->requests_job);
+    metric(out, "jobgate_passthrough_requests_total",
+           "Requests passed through uncached.", "counter",
+           m->requests_passthrough);
+    metric(out, "jobgate_invalid_requests_total",
+           "Requests answered locally with a 4xx.", "counter",
+           m->requests_invalid);
+    metric(out, "jobgate_cache_hits_total", "Job requests served from cache.",
+           "counter", m->cache_hits);
+    metric(out, "jobgate_cache_misses_total", "Job requests sent upstream.",
+           "counter", m->cache_misses);
+    metric(out, "jobgate_not_modified_total", "Hits answered with 304.",
+           "counter", m->not_modified);
+    metric(out, "jobgate_unproven_misses_total",
+           "Misses because the credential was not proven.", "counter",
+           m->unproven_misses);
+    metric(out, "jobgate_only_if_cached_misses_total",
+           "only-if-cached requests answered 504.", "counter",
+           m->only_if_cached_misses);
+    metric(out, "jobgate_stored_total", "Terminal answers queued for cache.",
+           "counter", m->stored);
+    metric(out, "jobgate_not_stored_total", "200 answers not cacheable.",
+           "counter", m->not_stored);
+    metric(out, "jobgate_upstream_requests_total", "Upstream requests sent.",
+           "counter", m->upstream_requests);
+    metric(out, "jobgate_upstream_errors_total",
+           "Upstream requests that got no HTTP answer.", "counter",
+           m->upstream_errors);
+    metric(out, "jobgate_upstream_timeouts_total", "Upstream timeouts.",
+           "counter", m->upstream_timeouts);
+    metric(out, "jobgate_upstream_active", "Upstream requests in flight.",
+           "gauge", jg_upstream_active(srv->upstream));
+    metric(out, "jobgate_coalesced_total",
+           "Misses that joined an upstream request in flight.", "counter",
+           m->coalesced);
+    metric(out, "jobgate_coalesce_full_total",
+           "Misses that fetched alone because max_waiters was reached.",
+           "counter", m->coalesce_full);
+    metric(out, "jobgate_refetched_total",
+           "Waiters that could not share an answer and fetched again.",
+           "counter", m->refetched);
+    metric(out, "jobgate_connections_accepted_total", "Client connections.",
+           "counter", m->connections_accepted);
+    metric(out, "jobgate_connections_rejected_total",
+           "Connections closed because max_connections was reached.",
+           "counter", m->connections_rejected);
+    metric(out, "jobgate_connections", "Open client connections.", "gauge",
+           srv->conn_count);
+    metric(out, "jobgate_header_timeouts_total",
+           "Connections closed by the request head deadline.", "counter",
+           m->header_timeouts);
+    evbuffer_add_printf(out, "# HELP jobgate_responses_total Answers by "
+                        "status class.\n# TYPE jobgate_responses_total "
+                        "counter\n");
+    for (i = 1; i < JG_ARRAY_LEN(m->responses); i++)
+        evbuffer_add_printf(out, "jobgate_responses_total{class=\"%zuxx\"} "
+                            "%llu\n", i,
+                            (unsigned long long)m->responses[i]);
+
+    metric(out, "jobgate_cache_lookup_hits_total", "LMDB lookups that hit.",
+           "counter", cs->hits);
+    metric(out, "jobgate_cache_expired_total", "Entries found expired.",
+           "counter", cs->expired);
+    metric(out, "jobgate_cache_corrupt_total",
+           "Entries that failed their checksum or version.", "counter",
+           cs->corrupt);
+    metric(out, "jobgate_cache_writes_total", "Entries committed.", "counter",
+           cs->writes);
+    metric(out, "jobgate_cache_write_errors_total", "Failed commits.",
+           "counter", cs->write_errors);
+    metric(out, "jobgate_cache_write_dropped_total",
+           "Entries dropped because the map was full.", "counter",
+           cs->dropped_map_full);
+    metric(out, "jobgate_cache_evicted_total", "Entries evicted for room.",
+           "counter", cs->evicted);
+    metric(out, "jobgate_cache_entries", "Entries stored.", "gauge",
+           jg_cache_entries(srv->cache));
+    metric(out, "jobgate_cache_used_bytes", "Bytes of the map in use.",
+           "gauge", jg_cache_used_bytes(srv->cache));
+    metric(out, "jobgate_principals", "Credentials with a proof.", "gauge",
+           ps->entries);
+    metric(out, "jobgate_principals_forgotten_total",
+           "Credentials forgotten after an upstream 401.", "counter",
+           ps->forgotten);
+    metric(out, "jobgate_principals_evicted_total",
+           "Credentials dropped because the table was full.", "counter",
+           ps->evicted);
+}
+
+static void
+purge(struct jg_server *srv, struct evhttp_request *req, const char *path)
+{
+    struct evbuffer *body = evbuffer_new();
+    uint8_t id[JG_UUID_LEN];
+    const char *seg;
+    bool by_job;
+    long removed;
+
+    if (strncmp(path, "/cache/jobs/", 12) == 0) {
+        seg = path + 12;
+        by_job = true;
+    } else {
+        seg = path + 12; /* "/cache/orgs/" has the same length */
+        by_job = false;
+    }
+    if (jg_uuid_parse_segment(seg, strlen(seg), id) == JG_UUID_INVALID) {
+        evbuffer_add_printf(body, "{\"detail\":\"invalid id\"}");
+        reply_text(req, 422, "application/json", body);
+        evbuffer_free(body);
+        return;
+    }
+
+    /* Queued writes go first so that a purge also removes them. */
+    jg_cache_flush(srv->cache);
+    removed = by_job ? jg_cache_purge_job(srv->cache, id)
+                     : jg_cache_purge_org(srv->cache, id);
+    if (removed < 0) {
+        evbuffer_add_printf(body, "{\"detail\":\"purge failed\"}");
+        reply_text(req, 500, "application/json", body);
+    } else {
+        jg_log_info("admin purge of %s %s removed %ld entries",
+                    by_job ? "job" : "org", seg, removed);
+        evbuffer_add_printf(body, "{\"purged\":%ld}", removed);
+        reply_text(req, 200, "application/json", body);
+    }
+    evbuffer_free(body);
+}
+
+static void
+admin_handle(struct evhttp_request *req, void *arg)
+{
+    struct jg_server *srv = arg;
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    const char *uri = evhttp_request_get_uri(req);
+    struct evbuffer *body = evbuffer_new();
+    char path[256];
+
+    snprintf(path, sizeof(path), "%.*s", (int)strcspn(uri, "?"), uri);
+
+    if (cmd == EVHTTP_REQ_GET && strcmp(path, "/healthz") == 0) {
+        evbuffer_add_printf(body, "ok\n");
+        reply_text(req, 200, "text/plain", body);
+    } else if (cmd == EVHTTP_REQ_GET && strcmp(path, "/readyz") == 0) {
+        evbuffer_add_printf(body, srv->draining ? "draining\n" : "ready\n");
+        reply_text(req, srv->draining ? 503 : 200, "text/plain", body);
+    } else if (cmd == EVHTTP_REQ_GET && strcmp(path, "/metrics") == 0) {
+        render_metrics(srv, body);
+        reply_text(req, 200, "text/plain; version=0.0.4", body);
+    } else if (cmd == EVHTTP_REQ_DELETE &&
+               (strncmp(path, "/cache/jobs/", 12) == 0 ||
+                strncmp(path, "/cache/orgs/", 12) == 0)) {
+        purge(srv, req, path);
+    } else {
+        evbuffer_add_printf(body, "{\"detail\":\"not found\"}");
+        reply_text(req, 404, "application/json", body);
+    }
+    evbuffer_free(body);
+}
+
+int
+jg_admin_init(struct jg_server *srv)
+{
+    struct evhttp_bound_socket *bound;
+    char host[256];
+    const char *spec = srv->cfg.admin_listen;
+    const char *colon = strrchr(spec, ':');
+    unsigned long port;
+
+    srv->admin = evhttp_new(srv->base);
+    evhttp_set_max_headers_size(srv->admin, 8192);
+    evhttp_set_max_body_size(srv->admin, 0);
+    evhttp_set_timeout(srv->admin, 10);
+    evhttp_set_allowed_methods(srv->admin, EVHTTP_REQ_GET | EVHTTP_REQ_DELETE);
+    evhttp_set_gencb(srv->admin, admin_handle, srv);
+
+    if (colon == NULL || (size_t)(colon - spec) >= sizeof(host)) {
+        jg_log_error("invalid admin_listen \"%s\": expected host:port", spec);
+        return -1;
+    }
+    snprintf(host, sizeof(host), "%.*s", (int)(colon - spec), spec);
+    if (host[0] == '[') {
+        memmove(host, host + 1, strlen(host));
+        host[strcspn(host, "]")] = '\0';
+    }
+    port = strtoul(colon + 1, NULL, 10);
+    bound = evhttp_bind_socket_with_handle(srv->admin, host,
+                                           (ev_uint16_t)port);
+    if (bound == NULL) {
+        jg_log_error("cannot listen on admin_listen %s", spec);
+        return -1;
+    }
+    jg_server_log_bound("admin listening", bound);
+    return 0;
+}

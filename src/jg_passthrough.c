@@ -1,0 +1,288 @@
+/*
+ * The pass-through path and the header rules shared with the job route.
+ *
+ * Every request that is not a cached-route GET goes to the upstream as it
+ * came (method, target, end-to-end headers, body) and its answer comes back
+ * the same way, never cached, because SDKs point their whole base URL at
+ * jobgate and also call login, health and other endpoints through it.
+ */
+#include <sys/queue.h>
+
+#include <curl/curl.h>
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "jobgate/jg_log.h"
+#include "jobgate/jg_request.h"
+#include "jobgate/jg_server.h"
+#include "jobgate/jg_upstream.h"
+#include "jobgate/jg_util.h"
+
+/* Headers that describe one connection or its framing and never pass. */
+static const char *const hop_by_hop[] = {
+    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+    "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+    "Host", "Content-Length", "Expect",
+};
+
+/* Headers the job route forwards; the rest of the client's are dropped. */
+static const char *const job_allowlist[] = {
+    "Galileo-API-Key", "Splunk-AO-API-Key", "Authorization", "Accept",
+    "User-Agent", "X-Galileo-SDK", "X-Request-Id", "X-Correlation-Id",
+    "traceparent", "tracestate", "baggage", "X-B3-TraceId", "X-B3-SpanId",
+    "X-B3-ParentSpanId", "X-B3-Sampled", "X-Amzn-Trace-Id",
+};
+
+static int
+name_in(const char *name, const char *const *list, size_t count)
+{
+    size_t i;
+
+    for (i = 0; i < count; i++) {
+        if (strcasecmp(name, list[i]) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* True when the Connection header value lists name as a token. */
+static int
+listed_in_connection(const struct evkeyvalq *headers, const char *name)
+{
+    const char *value = evhttp_find_header(headers, "Connection");
+    size_t n = strlen(name);
+    const char *p;
+
+    if (value == NULL)
+        return 0;
+    for (p = value; *p != '\0';) {
+        size_t len;
+
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        len = strcspn(p, ", \t");
+        if (len == n && strncasecmp(p, name, n) == 0)
+            return 1;
+        p += len;
+    }
+    return 0;
+}
+
+struct curl_slist *
+jg_forward_headers(const struct evkeyvalq *in, int allowlist)
+{
+    struct curl_slist *list = NULL;
+    const struct evkeyval *h;
+    char line[16384];
+
+    TAILQ_FOREACH(h, in, next) {
+        int n;
+
+        if (name_in(h->key, hop_by_hop, JG_ARRAY_LEN(hop_by_hop)))
+            continue;
+        if (listed_in_connection(in, h->key))
+            continue;
+        if (allowlist &&
+            !name_in(h->key, job_allowlist, JG_ARRAY_LEN(job_allowlist)))
+            continue;
+
+        /* "Name;" is libcurl's spelling of a header with an empty value. */
+        if (h->value[0] == '\0')
+            n = snprintf(line, sizeof(line), "%s;", h->key);
+        else
+            n = snprintf(line, sizeof(line), "%s: %s", h->key, h->value);
+        if (n < 0 || (size_t)n >= sizeof(line))
+            continue;
+        list = curl_slist_append(list, line);
+    }
+
+    /*
+     * libcurl adds "Accept: * / *" when the client sent none; an empty
+     * value keeps the request as the client made it.
+     */
+    if (evhttp_find_header(in, "Accept") == NULL)
+        list = curl_slist_append(list, "Accept:");
+    return list;
+}
+
+void
+jg_copy_response_headers(const struct evkeyvalq *from, struct evkeyvalq *to)
+{
+    const struct evkeyval *h;
+
+    TAILQ_FOREACH(h, from, next) {
+        if (name_in(h->key, hop_by_hop, JG_ARRAY_LEN(hop_by_hop)))
+            continue;
+        evhttp_add_header(to, h->key, h->value);
+    }
+}
+
+const char *
+jg_status_reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Status";
+    }
+}
+
+void
+jg_reply_detail(struct jg_server *srv, struct evhttp_request *req, int status,
+                const char *message)
+{
+    struct evbuffer *body = evbuffer_new();
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+
+    /* Messages are fixed strings of ours: nothing in them needs escaping. */
+    evbuffer_add_printf(body, "{\"detail\":\"%s\"}", message);
+    evhttp_remove_header(out, "Content-Type");
+    evhttp_add_header(out, "Content-Type", "application/json");
+    jg_server_reply(srv, req, status, body);
+    evbuffer_free(body);
+}
+
+void
+jg_access_log(const char *route, const char *method, int status,
+              const char *cache, long upstream_ms, uint64_t total_ms,
+              const char *fingerprint, const char *path)
+{
+    char upstream[24];
+
+    if (!jg_log_enabled(JG_LOG_INFO))
+        return;
+    if (upstream_ms < 0)
+        snprintf(upstream, sizeof(upstream), "-");
+    else
+        snprintf(upstream, sizeof(upstream), "%ld", upstream_ms);
+
+    /* The path may hold anything a client sent: cut it and show no quotes. */
+    jg_log_info("access route=%s method=%s status=%d cache=%s upstream_ms=%s "
+                "total_ms=%llu cred=%s path=%.200s",
+                route, method, status, cache, upstream,
+                (unsigned long long)total_ms,
+                fingerprint != NULL ? fingerprint : "-", path);
+}
+
+/* One pass-through exchange, alive from request to answer. */
+struct passthrough {
+    struct jg_server *srv;
+    struct evhttp_request *req;
+    char method[16];
+    char *path;
+    uint64_t started_ms;
+};
+
+static const char *
+method_name(enum evhttp_cmd_type type)
+{
+    switch (type) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_TRACE: return "TRACE";
+    case EVHTTP_REQ_CONNECT: return "CONNECT";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    default: return NULL;
+    }
+}
+
+static void
+passthrough_done(const struct jg_upstream_response *resp, void *arg)
+{
+    struct passthrough *pt = arg;
+    struct jg_server *srv = pt->srv;
+    struct evhttp_request *req = pt->req;
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    int status;
+
+    if (resp->error != JG_FETCH_OK) {
+        status = resp->error == JG_FETCH_TIMEOUT ? 504 : 502;
+        if (resp->error == JG_FETCH_TIMEOUT)
+            srv->metrics.upstream_timeouts++;
+        else
+            srv->metrics.upstream_errors++;
+        jg_log_warn("upstream %s %s failed: %s (%s)", pt->method, pt->path,
+                    jg_fetch_error_name(resp->error), resp->error_text);
+        evhttp_add_header(out, "Cache-Status", "jobgate; fwd=bypass");
+        jg_reply_detail(srv, req, status,
+                        status == 504 ? "upstream timed out"
+                                      : "upstream request failed");
+    } else {
+        status = (int)resp->status;
+        jg_copy_response_headers(resp->headers, out);
+        evhttp_add_header(out, "Cache-Status", "jobgate; fwd=bypass");
+        jg_server_reply(srv, req, status, resp->body);
+    }
+
+    jg_access_log("passthrough", pt->method, status, "bypass",
+                  (long)resp->elapsed_ms, jg_now_ms() - pt->started_ms, NULL,
+                  pt->path);
+    jg_free(pt->path);
+    jg_free(pt);
+    jg_server_request_done(srv);
+}
+
+void
+jg_passthrough_start(struct jg_server *srv, struct evhttp_request *req,
+                     const char *target, uint64_t started_ms)
+{
+    const char *method = method_name(evhttp_request_get_command(req));
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    struct passthrough *pt;
+    struct curl_slist *headers;
+    size_t body_len = evbuffer_get_length(in);
+    const void *body = NULL;
+
+    if (method == NULL || strcmp(method, "CONNECT") == 0 ||
+        strcmp(method, "TRACE") == 0) {
+        jg_reply_detail(srv, req, 405, "method not allowed");
+        jg_access_log("passthrough", method ? method : "?", 405, "none", -1,
+                      jg_now_ms() - started_ms, NULL, target);
+        jg_server_request_done(srv);
+        return;
+    }
+
+    pt = jg_calloc(1, sizeof(*pt));
+    pt->srv = srv;
+    pt->req = req;
+    snprintf(pt->method, sizeof(pt->method), "%s", method);
+    pt->path = jg_strndup(target, strcspn(target, "?"));
+    pt->started_ms = started_ms;
+
+    headers = jg_forward_headers(evhttp_request_get_input_headers(req), 0);
+    if (body_len > 0)
+        body = evbuffer_pullup(in, -1);
+
+    srv->metrics.upstream_requests++;
+    jg_upstream_fetch(srv->upstream, method, target, headers, body, body_len,
+                      passthrough_done, pt);
+}

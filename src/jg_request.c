@@ -1,0 +1,857 @@
+/*
+ * The cached job route, GET /v2/org-jobs/{job_id} and its /public alias.
+ *
+ * Each client request moves through one state machine: validated, looked
+ * up, then either answered from the cache or, on a miss, waiting on a
+ * shared upstream fetch (a "flight") that it leads or joined, then
+ * replying, then done. set_state() is the one place a state changes, and
+ * it logs the move at debug level.
+ *
+ * A flight is shared by callers of one proven organization, or of one
+ * credential when the caller is unproven, proven for several organizations
+ * or share_scope is "credential". When the fetch ends, every waiter is
+ * answered in the same loop turn. A waiter that may not see the answer (a
+ * 401 or 403 earned by another credential, or a job of an organization its
+ * credential is not proven for) sends a fetch of its own instead.
+ *
+ * A client that disconnects while waiting stays in its flight: evhttp keeps
+ * the request object until it is answered exactly once, and frees it then
+ * when the connection is gone, so a waiter never frees anything another
+ * waiter uses. The fetch itself continues, since its answer may be cached.
+ */
+#include <sys/queue.h>
+
+#include <curl/curl.h>
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jobgate/jg_cache.h"
+#include "jobgate/jg_inspect.h"
+#include "jobgate/jg_log.h"
+#include "jobgate/jg_principal.h"
+#include "jobgate/jg_request.h"
+#include "jobgate/jg_server.h"
+#include "jobgate/jg_upstream.h"
+#include "jobgate/jg_util.h"
+#include "jobgate/jg_uuid.h"
+
+enum job_state {
+    JOB_VALIDATED,
+    JOB_LOOKED_UP,
+    JOB_WAITING,   /* joined a flight led by another request */
+    JOB_FETCHING,  /* leads a flight */
+    JOB_REPLYING,
+    JOB_DONE,
+};
+
+static const char *const state_names[] = {
+    "validated", "looked-up", "waiting", "fetching", "replying", "done",
+};
+
+enum flight_kind {
+    FLIGHT_ORG = 1,
+    FLIGHT_CREDENTIAL,
+};
+
+struct flight_key {
+    uint8_t kind;
+    uint8_t id[JG_CRED_HASH_LEN]; /* org id (16 bytes, zero padded) or hash */
+    uint8_t job[JG_UUID_LEN];
+};
+
+struct job_request;
+
+struct jg_flight {
+    struct jg_flight *next;       /* bucket chain */
+    struct jg_server *srv;
+    struct flight_key key;
+    bool in_table;                /* solo fetches are never joined */
+    struct job_request *waiters;  /* the leader first */
+    struct job_request **tail;
+    size_t waiter_count;
+    bool leader_has_cred;
+    uint8_t leader_cred[JG_CRED_HASH_LEN];
+    uint8_t job[JG_UUID_LEN];
+};
+
+struct job_request {
+    struct jg_server *srv;
+    struct evhttp_request *req;
+    enum job_state state;
+    const char *route;            /* "job" or "public-job" */
+    char *target;                 /* path and query, forwarded as received */
+    char *path;                   /* without the query, for logs */
+    uint8_t job[JG_UUID_LEN];
+    bool has_cred;
+    uint8_t cred[JG_CRED_HASH_LEN];
+    char fingerprint[JG_CRED_FINGERPRINT_LEN];
+    bool refresh;                 /* client sent Cache-Control: no-cache */
+    bool only_if_cached;
+    bool stale;                   /* the entry found had expired */
+    bool collapsed;               /* joined a flight it did not start */
+    struct jg_flight *flight;
+    struct job_request *next_waiter;
+    uint64_t started_ms;
+};
+
+static void flight_start(struct job_request *jr, bool shareable);
+
+static void
+set_state(struct job_request *jr, enum job_state next)
+{
+    jg_log_debug("job %s cred=%s: %s -> %s", jr->path, jr->fingerprint,
+                 state_names[jr->state], state_names[next]);
+    jr->state = next;
+}
+
+static void
+job_request_free(struct job_request *jr)
+{
+    jg_free(jr->target);
+    jg_free(jr->path);
+    jg_free(jr);
+}
+
+/* Finish a request after its reply was sent. */
+static void
+job_request_done(struct job_request *jr, int status, const char *cache,
+                 long upstream_ms)
+{
+    struct jg_server *srv = jr->srv;
+
+    set_state(jr, JOB_DONE);
+    jg_access_log(jr->route, "GET", status, cache, upstream_ms,
+                  jg_now_ms() - jr->started_ms,
+                  jr->has_cred ? jr->fingerprint : NULL, jr->path);
+    job_request_free(jr);
+    jg_server_request_done(srv);
+}
+
+/* True when a comma-separated header value holds token, in any case. */
+static bool
+header_has_token(const char *value, const char *token)
+{
+    size_t n = strlen(token);
+    const char *p = value;
+
+    while (value != NULL && *p != '\0') {
+        size_t len;
+
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        len = strcspn(p, ",");
+        while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        if (len == n && strncasecmp(p, token, n) == 0)
+            return true;
+        p += strcspn(p, ",");
+    }
+    return false;
+}
+
+/* If-None-Match uses the weak comparison: "W/" prefixes are ignored. */
+static bool
+etag_matches(const char *if_none_match, const char *etag)
+{
+    size_t n = strlen(etag);
+    const char *p = if_none_match;
+
+    while (*p != '\0') {
+        size_t len;
+
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        if (strncmp(p, "W/", 2) == 0)
+            p += 2;
+        len = strcspn(p, ",");
+        while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        if ((len == 1 && p[0] == '*') ||
+            (len == n && memcmp(p, etag, n) == 0))
+            return true;
+        p += strcspn(p, ",");
+    }
+    return false;
+}
+
+/* ---- hits ---------------------------------------------------------- */
+
+static void
+reply_hit(struct job_request *jr, const struct jg_entry *entry, int64_t now)
+{
+    struct evkeyvalq *in = evhttp_request_get_input_headers(jr->req);
+    struct evkeyvalq *out = evhttp_request_get_output_headers(jr->req);
+    const char *inm = evhttp_find_header(in, "If-None-Match");
+    char etag[JG_ENTRY_ETAG_STR_LEN];
+    char ctype[256];
+    char age[24];
+    int status = entry->http_status;
+    struct evbuffer *body;
+
+    set_state(jr, JOB_REPLYING);
+    jg_entry_format_etag(entry, etag);
+    snprintf(age, sizeof(age), "%" PRId64,
+             now > entry->stored_at ? now - entry->stored_at : 0);
+    evhttp_add_header(out, "Cache-Status", "jobgate; hit");
+    evhttp_add_header(out, "Age", age);
+    evhttp_add_header(out, "ETag", etag);
+
+    if (inm != NULL && etag_matches(inm, etag)) {
+        jr->srv->metrics.not_modified++;
+        jg_server_reply(jr->srv, jr->req, 304, NULL);
+        job_request_done(jr, 304, "hit", -1);
+        return;
+    }
+
+    snprintf(ctype, sizeof(ctype), "%.*s", (int)entry->content_type_len,
+             entry->content_type);
+    evhttp_add_header(out, "Content-Type", ctype);
+    body = evbuffer_new();
+    evbuffer_add(body, entry->body, entry->body_len);
+    jg_server_reply(jr->srv, jr->req, status, body);
+    evbuffer_free(body);
+    job_request_done(jr, status, "hit", -1);
+}
+
+/*
+ * Look the job up under every organization the credential is proven for.
+ * Returns true when the request was answered from the cache.
+ */
+static bool
+lookup(struct job_request *jr)
+{
+    struct jg_server *srv = jr->srv;
+    uint8_t orgs[JG_PRINCIPAL_MAX_ORGS][JG_UUID_LEN];
+    uint64_t now_s = jg_now_ms() / 1000;
+    int64_t wall = jg_wall_s();
+    size_t count;
+    size_t i;
+
+    count = jg_principals_orgs(srv->principals, jr->cred, now_s, orgs,
+                               JG_PRINCIPAL_MAX_ORGS);
+    if (count == 0) {
+        srv->metrics.unproven_misses++;
+        return false;
+    }
+
+    for (i = 0; i < count; i++) {
+        struct jg_entry entry;
+        enum jg_cache_result res;
+
+        res = jg_cache_get(srv->cache, orgs[i], jr->job, wall, &entry);
+        if (res == JG_CACHE_HIT) {
+            srv->metrics.cache_hits++;
+            reply_hit(jr, &entry, wall);
+            jg_cache_release(srv->cache);
+            return true;
+        }
+        if (res == JG_CACHE_EXPIRED)
+            jr->stale = true;
+    }
+    return false;
+}
+
+/* ---- flights ------------------------------------------------------- */
+
+static uint64_t
+flight_hash(const struct flight_key *key)
+{
+    const uint8_t *p = (const uint8_t *)key;
+    uint64_t h = 1469598103934665603ULL;
+    size_t i;
+
+    /* FNV-1a: the key bytes are already uniform hashes or random UUIDs. */
+    for (i = 0; i < sizeof(*key); i++) {
+        h ^= p[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static struct jg_flight **
+flight_slot(struct jg_server *srv, const struct flight_key *key)
+{
+    struct jg_flight **slot;
+
+    slot = &srv->flights[flight_hash(key) % srv->flight_buckets];
+    while (*slot != NULL && memcmp(&(*slot)->key, key, sizeof(*key)) != 0)
+        slot = &(*slot)->next;
+    return slot;
+}
+
+static void
+flight_unlink(struct jg_flight *flight)
+{
+    struct jg_flight **slot;
+
+    if (!flight->in_table)
+        return;
+    slot = flight_slot(flight->srv, &flight->key);
+    *slot = flight->next;
+    flight->in_table = false;
+    flight->srv->flight_count--;
+}
+
+/*
+ * Choose whom this miss may share a fetch with: everyone proven for its one
+ * organization, or only its own credential. Returns false when the request
+ * must fetch alone (no credential at all).
+ */
+static bool
+flight_key_for(struct job_request *jr, struct flight_key *key)
+{
+    struct jg_server *srv = jr->srv;
+    uint8_t orgs[JG_PRINCIPAL_MAX_ORGS][JG_UUID_LEN];
+    size_t count;
+
+    memset(key, 0, sizeof(*key));
+    memcpy(key->job, jr->job, JG_UUID_LEN);
+    if (!jr->has_cred)
+        return false;
+
+    count = 0;
+    if (srv->cfg.share_scope == JG_SHARE_ORG)
+        count = jg_principals_orgs(srv->principals, jr->cred,
+                                   jg_now_ms() / 1000, orgs,
+                                   JG_PRINCIPAL_MAX_ORGS);
+    if (count == 1) {
+        key->kind = FLIGHT_ORG;
+        memcpy(key->id, orgs[0], JG_UUID_LEN);
+    } else {
+        key->kind = FLIGHT_CREDENTIAL;
+        memcpy(key->id, jr->cred, JG_CRED_HASH_LEN);
+    }
+    return true;
+}
+
+static void
+flight_add_waiter(struct jg_flight *flight, struct job_request *jr)
+{
+    jr->flight = flight;
+    jr->next_waiter = NULL;
+    *flight->tail = jr;
+    flight->tail = &jr->next_waiter;
+    flight->waiter_count++;
+}
+
+/* Join a flight for the same job and scope, or start one. */
+static void
+miss(struct job_request *jr)
+{
+    struct jg_server *srv = jr->srv;
+    struct flight_key key;
+    struct jg_flight *flight;
+
+    srv->metrics.cache_misses++;
+    if (!flight_key_for(jr, &key)) {
+        flight_start(jr, false);
+        return;
+    }
+
+    flight = *flight_slot(srv, &key);
+    if (flight == NULL) {
+        flight_start(jr, true);
+        return;
+    }
+    if (flight->waiter_count >= srv->cfg.max_waiters) {
+        srv->metrics.coalesce_full++;
+        flight_start(jr, false);
+        return;
+    }
+
+    srv->metrics.coalesced++;
+    jr->collapsed = true;
+    flight_add_waiter(flight, jr);
+    set_state(jr, JOB_WAITING);
+}
+
+/* ---- answers after a fetch ----------------------------------------- */
+
+/* What one finished fetch means for its waiters. */
+struct outcome {
+    const struct jg_upstream_response *resp;
+    int status;
+    const char *body;
+    size_t body_len;
+    bool org_valid;
+    uint8_t org[JG_UUID_LEN];
+    bool stored;
+    const char *detail;           /* why the answer was not stored */
+};
+
+static bool
+no_store_requested(const struct evkeyvalq *headers)
+{
+    const char *cc = evhttp_find_header(headers, "Cache-Control");
+
+    return cc != NULL &&
+           (header_has_token(cc, "no-store") || header_has_token(cc, "private"));
+}
+
+/* Inspect a 200 answer, teach the principal table, queue the cache write. */
+static void
+judge_response(struct jg_flight *flight, struct outcome *oc)
+{
+    struct jg_server *srv = flight->srv;
+    struct jg_inspect_result res;
+    enum jg_inspect_verdict verdict;
+    const char *ctype;
+
+    verdict = jg_inspect_body(oc->body, oc->body_len, flight->job,
+                              &srv->cfg.terminal_statuses,
+                              srv->cfg.max_body_bytes, &res);
+    oc->org_valid = res.org_valid;
+    memcpy(oc->org, res.org, JG_UUID_LEN);
+    if (res.org_valid && flight->leader_has_cred)
+        jg_principals_learn(srv->principals, flight->leader_cred, res.org,
+                            jg_now_ms() / 1000);
+
+    ctype = evhttp_find_header(oc->resp->headers, "Content-Type");
+    if (verdict != JG_INSPECT_CACHEABLE) {
+        oc->detail = jg_inspect_verdict_name(verdict);
+    } else if (no_store_requested(oc->resp->headers)) {
+        oc->detail = "no-store";
+    } else if (ctype == NULL || strlen(ctype) > 255) {
+        oc->detail = "bad-content-type";
+    } else {
+        struct jg_entry entry = {
+            .stored_at = jg_wall_s(),
+            .http_status = 200,
+            .content_type = ctype,
+            .content_type_len = strlen(ctype),
+            .body = oc->body,
+            .body_len = oc->body_len,
+        };
+
+        jg_cache_put(srv->cache, res.org, flight->job, &entry);
+        jg_server_schedule_flush(srv);
+        oc->stored = true;
+        srv->metrics.stored++;
+        return;
+    }
+    srv->metrics.not_stored++;
+    jg_log_debug("job %s not stored: %s", flight->waiters->path, oc->detail);
+}
+
+/* May this waiter see the answer its flight's leader received? */
+static bool
+may_share(const struct jg_flight *flight, const struct job_request *jr,
+          const struct outcome *oc)
+{
+    bool same_cred = jr->has_cred == flight->leader_has_cred &&
+                     (!jr->has_cred ||
+                      memcmp(jr->cred, flight->leader_cred,
+                             JG_CRED_HASH_LEN) == 0);
+
+    if (same_cred || oc->resp->error != JG_FETCH_OK)
+        return true;
+    if (oc->status == 401 || oc->status == 403)
+        return false;
+    if (oc->status == 200 && oc->org_valid)
+        return jr->has_cred &&
+               jg_principals_allows(jr->srv->principals, jr->cred, oc->org,
+                                    jg_now_ms() / 1000);
+    return true;
+}
+
+static void
+reply_upstream_error(struct job_request *jr, const struct outcome *oc)
+{
+    struct evkeyvalq *out = evhttp_request_get_output_headers(jr->req);
+    enum jg_fetch_error err = oc->resp->error;
+    char cache_status[128];
+
+    snprintf(cache_status, sizeof(cache_status),
+             "jobgate; fwd=%s; detail=upstream-%s%s",
+             jr->refresh ? "request" : (jr->stale ? "stale" : "miss"),
+             jg_fetch_error_name(err), jr->collapsed ? "; collapsed" : "");
+    evhttp_add_header(out, "Cache-Status", cache_status);
+    jg_reply_detail(jr->srv, jr->req, oc->status,
+                    err == JG_FETCH_TIMEOUT ? "upstream timed out"
+                    : err == JG_FETCH_TOO_LARGE
+                        ? "upstream response too large"
+                        : "upstream request failed");
+    job_request_done(jr, oc->status, "error", (long)oc->resp->elapsed_ms);
+}
+
+static void
+reply_upstream(struct job_request *jr, const struct outcome *oc)
+{
+    struct evkeyvalq *out = evhttp_request_get_output_headers(jr->req);
+    char cache_status[160];
+    struct evbuffer *body;
+
+    set_state(jr, JOB_REPLYING);
+    if (oc->resp->error != JG_FETCH_OK) {
+        reply_upstream_error(jr, oc);
+        return;
+    }
+
+    jg_copy_response_headers(oc->resp->headers, out);
+    snprintf(cache_status, sizeof(cache_status),
+             "jobgate; fwd=%s; fwd-status=%d%s%s%s",
+             jr->refresh ? "request" : (jr->stale ? "stale" : "miss"),
+             oc->status, oc->stored ? "; stored" : "",
+             oc->detail != NULL ? "; detail=" : "",
+             oc->detail != NULL ? oc->detail : "");
+    if (jr->collapsed)
+        strncat(cache_status, "; collapsed",
+                sizeof(cache_status) - strlen(cache_status) - 1);
+    evhttp_remove_header(out, "Cache-Status");
+    evhttp_add_header(out, "Cache-Status", cache_status);
+
+    body = evbuffer_new();
+    evbuffer_add(body, oc->body, oc->body_len);
+    jg_server_reply(jr->srv, jr->req, oc->status, body);
+    evbuffer_free(body);
+    job_request_done(jr, oc->status, oc->stored ? "stored" : "miss",
+                     (long)oc->resp->elapsed_ms);
+}
+
+static void
+flight_done(const struct jg_upstream_response *resp, void *arg)
+{
+    struct jg_flight *flight = arg;
+    struct jg_server *srv = flight->srv;
+    struct outcome oc = {.resp = resp};
+    struct job_request *jr;
+    struct job_request *next;
+
+    /* Misses from now on start a new flight. */
+    flight_unlink(flight);
+
+    if (resp->error != JG_FETCH_OK) {
+        oc.status = resp->error == JG_FETCH_TIMEOUT ? 504 : 502;
+        if (resp->error == JG_FETCH_TIMEOUT)
+            srv->metrics.upstream_timeouts++;
+        else
+            srv->metrics.upstream_errors++;
+        jg_log_warn("upstream GET %s failed after %" PRIu64 " ms: %s (%s)",
+                    flight->waiters->path, resp->elapsed_ms,
+                    jg_fetch_error_name(resp->error), resp->error_text);
+    } else {
+        oc.status = (int)resp->status;
+        oc.body_len = evbuffer_get_length(resp->body);
+        oc.body = (const char *)evbuffer_pullup(resp->body, -1);
+        if (oc.body == NULL)
+            oc.body = "";
+        if (oc.status == 200)
+            judge_response(flight, &oc);
+        else
+            oc.detail = "status";
+        if (oc.status == 401 && flight->leader_has_cred)
+            jg_principals_forget(srv->principals, flight->leader_cred);
+    }
+
+    for (jr = flight->waiters; jr != NULL; jr = next) {
+        next = jr->next_waiter;
+        jr->flight = NULL;
+        if (may_share(flight, jr, &oc)) {
+            reply_upstream(jr, &oc);
+        } else {
+            srv->metrics.refetched++;
+            flight_start(jr, false);
+        }
+    }
+    jg_free(flight);
+}
+
+/*
+ * Start a fetch led by jr. A shareable flight enters the table so that
+ * later misses of the same scope join it.
+ */
+static void
+flight_start(struct job_request *jr, bool shareable)
+{
+    struct jg_server *srv = jr->srv;
+    struct jg_flight *flight = jg_calloc(1, sizeof(*flight));
+    struct curl_slist *headers;
+
+    flight->srv = srv;
+    flight->tail = &flight->waiters;
+    memcpy(flight->job, jr->job, JG_UUID_LEN);
+    flight->leader_has_cred = jr->has_cred;
+    memcpy(flight->leader_cred, jr->cred, JG_CRED_HASH_LEN);
+    if (shareable && flight_key_for(jr, &flight->key)) {
+        struct jg_flight **slot = flight_slot(srv, &flight->key);
+
+        flight->next = *slot;
+        *slot = flight;
+        flight->in_table = true;
+        srv->flight_count++;
+    }
+    flight_add_waiter(flight, jr);
+    set_state(jr, JOB_FETCHING);
+
+    headers = jg_forward_headers(evhttp_request_get_input_headers(jr->req), 1);
+    srv->metrics.upstream_requests++;
+    jg_upstream_fetch(srv->upstream, "GET", jr->target, headers, NULL, 0,
+                      flight_done, flight);
+}
+
+/* ---- entry point ---------------------------------------------------- */
+
+/*
+ * Append s[0..len) as the inside of a JSON string. Bytes outside ASCII are
+ * written as \u00XX so that the answer stays valid JSON whatever the
+ * client sent.
+ */
+static void
+add_json_string(struct evbuffer *out, const char *s, size_t len)
+{
+    size_t i;
+
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (c == '"' || c == '\\')
+            evbuffer_add_printf(out, "\\%c", c);
+        else if (c < 0x20 || c >= 0x7f)
+            evbuffer_add_printf(out, "\\u%04x", c);
+        else
+            evbuffer_add(out, &s[i], 1);
+    }
+}
+
+static void
+reply_validation_error(struct jg_server *srv, struct evhttp_request *req,
+                       enum jg_uuid_status st, const char *segment,
+                       size_t len, const char *path, uint64_t started_ms)
+{
+    struct evbuffer *body = evbuffer_new();
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    char *raw = jg_strndup(segment, len);
+    size_t decoded_len = 0;
+    char *decoded = evhttp_uridecode(raw, 0, &decoded_len);
+
+    /* The upstream echoes the decoded segment; pydantic's wording of msg
+     * changes between versions, while type and loc are stable. */
+    if (st == JG_UUID_NOT_V4)
+        evbuffer_add_printf(body, "{\"detail\":[{\"type\":\"uuid_version\","
+                            "\"loc\":[\"path\",\"job_id\"],\"msg\":"
+                            "\"UUID version 4 expected\",\"input\":\"");
+    else
+        evbuffer_add_printf(body, "{\"detail\":[{\"type\":\"uuid_parsing\","
+                            "\"loc\":[\"path\",\"job_id\"],\"msg\":"
+                            "\"Input should be a valid UUID\",\"input\":\"");
+    add_json_string(body, decoded != NULL ? decoded : raw,
+                    decoded != NULL ? decoded_len : len);
+    if (st == JG_UUID_NOT_V4)
+        evbuffer_add_printf(body, "\",\"ctx\":{\"expected_version\":4}}]}");
+    else
+        evbuffer_add_printf(body, "\"}]}");
+    free(decoded);
+    jg_free(raw);
+
+    evhttp_add_header(out, "Content-Type", "application/json");
+    jg_server_reply(srv, req, 422, body);
+    evbuffer_free(body);
+    srv->metrics.requests_invalid++;
+    jg_access_log("invalid", "GET", 422, "none", -1,
+                  jg_now_ms() - started_ms, NULL, path);
+    jg_server_request_done(srv);
+}
+
+static void
+read_cache_control(struct job_request *jr, const struct evkeyvalq *in)
+{
+    const char *cc = evhttp_find_header(in, "Cache-Control");
+    const char *pragma = evhttp_find_header(in, "Pragma");
+
+    if (cc != NULL) {
+        jr->refresh = header_has_token(cc, "no-cache") ||
+                      header_has_token(cc, "max-age=0");
+        jr->only_if_cached = header_has_token(cc, "only-if-cached");
+    } else if (pragma != NULL) {
+        jr->refresh = header_has_token(pragma, "no-cache");
+    }
+}
+
+static void
+read_credential(struct job_request *jr, const struct evkeyvalq *in)
+{
+    const char *token;
+    size_t len;
+
+    if (jg_credential_extract(evhttp_find_header(in, "Galileo-API-Key"),
+                              evhttp_find_header(in, "Splunk-AO-API-Key"),
+                              evhttp_find_header(in, "Authorization"), &token,
+                              &len) == JG_CRED_NONE) {
+        snprintf(jr->fingerprint, sizeof(jr->fingerprint), "-");
+        return;
+    }
+    jr->has_cred = true;
+    jg_principals_hash(jr->srv->principals, token, len, jr->cred);
+    jg_principals_fingerprint(jr->cred, jr->fingerprint);
+}
+
+/* Serve a cached-route GET whose id segment is segment[0..len). */
+static void
+job_route(struct jg_server *srv, struct evhttp_request *req,
+          const char *route, const char *segment, size_t len,
+          const char *target, uint64_t started_ms)
+{
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    struct job_request *jr;
+    uint8_t job[JG_UUID_LEN];
+    enum jg_uuid_status st;
+    size_t path_len = strcspn(target, "?");
+
+    st = jg_uuid_parse_segment(segment, len, job);
+    if (st != JG_UUID_OK) {
+        char *path = jg_strndup(target, path_len);
+
+        reply_validation_error(srv, req, st, segment, len, path, started_ms);
+        jg_free(path);
+        return;
+    }
+
+    srv->metrics.requests_job++;
+    jr = jg_calloc(1, sizeof(*jr));
+    jr->srv = srv;
+    jr->req = req;
+    jr->route = route;
+    jr->target = jg_strdup(target);
+    jr->path = jg_strndup(target, path_len);
+    jr->started_ms = started_ms;
+    memcpy(jr->job, job, JG_UUID_LEN);
+    read_credential(jr, in);
+    read_cache_control(jr, in);
+    set_state(jr, JOB_VALIDATED);
+
+    if (jr->has_cred && !jr->refresh && lookup(jr))
+        return;
+    set_state(jr, JOB_LOOKED_UP);
+
+    if (jr->only_if_cached) {
+        srv->metrics.only_if_cached_misses++;
+        evhttp_add_header(evhttp_request_get_output_headers(req),
+                          "Cache-Status",
+                          "jobgate; fwd=miss; detail=only-if-cached");
+        jg_reply_detail(srv, req, 504, "not cached");
+        job_request_done(jr, 504, "miss", -1);
+        return;
+    }
+    miss(jr);
+}
+
+/* Reject ambiguous framing, which could smuggle a second request. */
+static bool
+framing_is_ambiguous(const struct evkeyvalq *in)
+{
+    const struct evkeyval *h;
+    const char *te = NULL;
+    int content_lengths = 0;
+
+    TAILQ_FOREACH(h, in, next) {
+        if (strcasecmp(h->key, "Content-Length") == 0)
+            content_lengths++;
+        else if (strcasecmp(h->key, "Transfer-Encoding") == 0) {
+            if (te != NULL)
+                return true;
+            te = h->value;
+        }
+    }
+    if (content_lengths > 1)
+        return true;
+    if (te != NULL && (content_lengths > 0 || strcasecmp(te, "chunked") != 0))
+        return true;
+    return false;
+}
+
+static void
+reply_bad_request(struct jg_server *srv, struct evhttp_request *req,
+                  const char *message, const char *target, uint64_t started)
+{
+    /* The connection cannot be trusted to frame another request. */
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Connection",
+                      "close");
+    jg_reply_detail(srv, req, 400, message);
+    srv->metrics.requests_invalid++;
+    jg_access_log("invalid", "-", 400, "none", -1, jg_now_ms() - started,
+                  NULL, target);
+    jg_server_request_done(srv);
+}
+
+/*
+ * Match a cached route. On a match, *segment and *len give the raw job id
+ * segment and the route name is returned; NULL otherwise.
+ */
+static const char *
+match_job_route(const char *target, const char **segment, size_t *len)
+{
+    static const struct {
+        const char *prefix;
+        const char *name;
+    } routes[] = {
+        {"/v2/org-jobs/", "job"},
+        {"/public/v2/org-jobs/", "public-job"},
+    };
+    size_t path_len = strcspn(target, "?");
+    size_t i;
+
+    for (i = 0; i < JG_ARRAY_LEN(routes); i++) {
+        size_t plen = strlen(routes[i].prefix);
+        const char *rest = target + plen;
+        size_t rest_len;
+
+        if (path_len <= plen || strncmp(target, routes[i].prefix, plen) != 0)
+            continue;
+        rest_len = path_len - plen;
+        /* A trailing slash or deeper path is another resource upstream. */
+        if (memchr(rest, '/', rest_len) != NULL)
+            return NULL;
+        *segment = rest;
+        *len = rest_len;
+        return routes[i].name;
+    }
+    return NULL;
+}
+
+void
+jg_request_handle(struct evhttp_request *req, void *arg)
+{
+    struct jg_server *srv = arg;
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    const char *target = evhttp_request_get_uri(req);
+    uint64_t started = jg_now_ms();
+    const char *route;
+    const char *segment;
+    size_t len;
+
+    srv->metrics.requests++;
+    srv->active_requests++;
+    jg_server_note_request(srv, req);
+
+    if (framing_is_ambiguous(in)) {
+        reply_bad_request(srv, req, "ambiguous message framing", "-", started);
+        return;
+    }
+    /* Only origin-form targets: the upstream comes from config alone. */
+    if (target == NULL || target[0] != '/') {
+        reply_bad_request(srv, req, "request target must be a path", "-",
+                          started);
+        return;
+    }
+
+    route = match_job_route(target, &segment, &len);
+    if (route == NULL || evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+        srv->metrics.requests_passthrough++;
+        jg_passthrough_start(srv, req, target, started);
+        return;
+    }
+    if (evhttp_find_header(in, "Transfer-Encoding") != NULL ||
+        evbuffer_get_length(evhttp_request_get_input_buffer(req)) > 0 ||
+        (evhttp_find_header(in, "Content-Length") != NULL &&
+         strcmp(evhttp_find_header(in, "Content-Length"), "0") != 0)) {
+        reply_bad_request(srv, req, "a GET of a job carries no body", target,
+                          started);
+        return;
+    }
+    job_route(srv, req, route, segment, len, target, started);
+}
