@@ -56,7 +56,10 @@ typedef void (*jg_fetch_cb)(const struct jg_upstream_response *response,
 struct jg_upstream *jg_upstream_create(struct event_base *base,
                                        const struct jg_upstream_options *opts);
 
-/* Cancel every fetch without calling its callback, then free. */
+/*
+ * Cancel every fetch without calling its callback, then free. Not to be
+ * called from inside a fetch callback.
+ */
 void jg_upstream_free(struct jg_upstream *up);
 
 /*
@@ -72,7 +75,11 @@ struct jg_fetch *jg_upstream_fetch(struct jg_upstream *up, const char *method,
                                    const void *body, size_t body_len,
                                    jg_fetch_cb cb, void *arg);
 
-/* Abort a fetch; its callback is not called. */
+/*
+ * Abort a fetch; its callback is not called. A callback may cancel other
+ * fetches, including ones that finished but were not reported yet. A fetch
+ * cancelled from its own callback is left alone and freed when it returns.
+ */
 void jg_upstream_cancel(struct jg_fetch *fetch);
 
 /* Fetches started and not yet finished. */
