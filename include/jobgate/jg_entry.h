@@ -31,7 +31,7 @@ struct jg_entry {
 
 enum jg_entry_status {
     JG_ENTRY_OK = 0,
-    JG_ENTRY_TRUNCATED,   /* shorter than its header or its lengths say */
+    JG_ENTRY_TRUNCATED,   /* size differs from what its lengths require */
     JG_ENTRY_BAD_VERSION, /* written by another format version */
     JG_ENTRY_BAD_CHECKSUM,
 };
