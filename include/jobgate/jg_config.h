@@ -84,8 +84,10 @@ int jg_config_load_env(struct jg_config *cfg, char *const *envp, char *err,
                        size_t errlen);
 
 /*
- * Check values that depend on each other (listen and admin_listen differ,
- * the upstream URL is http or https). Returns 0, or -1 with a message.
+ * Check values that depend on each other: listen and admin_listen differ,
+ * the upstream URL is http or https, the connect timeout is within the
+ * upstream timeout, and max_body_bytes is within max_passthrough_bytes and
+ * cache_max_bytes. Returns 0, or -1 with a message.
  */
 int jg_config_check(const struct jg_config *cfg, char *err, size_t errlen);
 

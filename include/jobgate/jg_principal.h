@@ -35,19 +35,31 @@ enum jg_cred_source {
 /*
  * Pick the credential from the three header values (each NULL when the
  * header is absent). Galileo-API-Key wins over Splunk-AO-API-Key, which wins
- * over Authorization. An API-key header with an empty value counts as
- * absent. Authorization must use the Bearer scheme (any case), and spaces
- * and tabs around the token are trimmed. On a result other than
- * JG_CRED_NONE, *token and *len give the credential inside the header value.
+ * over Authorization. Spaces and tabs around every value are trimmed, and an
+ * API-key header that is empty after trimming counts as absent.
+ * Authorization must be the Bearer scheme (any case), one or more spaces or
+ * tabs, and a non-empty token; anything else, such as Basic, gives
+ * JG_CRED_NONE. On a result other than JG_CRED_NONE, *token and *len give
+ * the credential inside the header value; otherwise they are NULL and 0.
  */
 enum jg_cred_source jg_credential_extract(const char *galileo_key,
                                           const char *splunk_key,
                                           const char *authorization,
                                           const char **token, size_t *len);
 
+/*
+ * The table is not thread-safe, not even for lookups and hashing, because
+ * it reuses one MAC context: use one table per event loop. Learning,
+ * forgetting and lookups never allocate memory; hashing allocates only
+ * inside libcrypto.
+ */
 struct jg_principals;
 
-/* Create a table of at most max_entries credentials; proofs last ttl_s. */
+/*
+ * Create a table of at most max_entries credentials (1 to 2^30) with a new
+ * random hash key; a proof learned at time t is valid while now < t + ttl_s.
+ * Aborts with a message when the kernel or OpenSSL cannot provide the key.
+ */
 struct jg_principals *jg_principals_create(size_t max_entries,
                                            uint64_t ttl_s);
 void jg_principals_free(struct jg_principals *table);
@@ -60,7 +72,12 @@ void jg_principals_hash(const struct jg_principals *table, const char *token,
 void jg_principals_fingerprint(const uint8_t hash[JG_CRED_HASH_LEN],
                                char out[JG_CRED_FINGERPRINT_LEN]);
 
-/* Record that the credential may read org, at monotonic time now_s. */
+/*
+ * Record that the credential may read org, at monotonic time now_s. A known
+ * org gets a new expiry. A new org beyond JG_PRINCIPAL_MAX_ORGS drops the
+ * credential's oldest proof. A new credential in a full table evicts the
+ * least recently learned credential, which is an expired one if any is.
+ */
 void jg_principals_learn(struct jg_principals *table,
                          const uint8_t hash[JG_CRED_HASH_LEN],
                          const uint8_t org[JG_UUID_LEN], uint64_t now_s);
@@ -71,12 +88,13 @@ void jg_principals_forget(struct jg_principals *table,
 
 /*
  * Copy into orgs up to max organizations proven for the credential and not
- * expired at now_s; returns how many were copied.
+ * expired at now_s, newest proof first; returns how many were copied.
  */
 size_t jg_principals_orgs(struct jg_principals *table,
                           const uint8_t hash[JG_CRED_HASH_LEN], uint64_t now_s,
                           uint8_t orgs[][JG_UUID_LEN], size_t max);
 
+/* Whether the credential has a proof for org that is not expired at now_s. */
 bool jg_principals_allows(struct jg_principals *table,
                           const uint8_t hash[JG_CRED_HASH_LEN],
                           const uint8_t org[JG_UUID_LEN], uint64_t now_s);
