@@ -225,7 +225,9 @@ passthrough_done(const struct jg_upstream_response *resp, void *arg)
     int status;
 
     if (resp->error != JG_FETCH_OK) {
-        status = resp->error == JG_FETCH_TIMEOUT ? 504 : 502;
+        status = resp->error == JG_FETCH_TIMEOUT     ? 504
+                 : resp->error == JG_FETCH_CANCELLED ? 503
+                                                     : 502;
         if (resp->error == JG_FETCH_TIMEOUT)
             srv->metrics.upstream_timeouts++;
         else
@@ -234,8 +236,9 @@ passthrough_done(const struct jg_upstream_response *resp, void *arg)
                     jg_fetch_error_name(resp->error), resp->error_text);
         evhttp_add_header(out, "Cache-Status", "jobgate; fwd=bypass");
         jg_reply_detail(srv, req, status,
-                        status == 504 ? "upstream timed out"
-                                      : "upstream request failed");
+                        status == 504   ? "upstream timed out"
+                        : status == 503 ? "shutting down"
+                                        : "upstream request failed");
     } else {
         status = (int)resp->status;
         jg_copy_response_headers(resp->headers, out);

@@ -472,10 +472,10 @@ reply_upstream_error(struct job_request *jr, const struct outcome *oc)
              jg_fetch_error_name(err), jr->collapsed ? "; collapsed" : "");
     evhttp_add_header(out, "Cache-Status", cache_status);
     jg_reply_detail(jr->srv, jr->req, oc->status,
-                    err == JG_FETCH_TIMEOUT ? "upstream timed out"
-                    : err == JG_FETCH_TOO_LARGE
-                        ? "upstream response too large"
-                        : "upstream request failed");
+                    err == JG_FETCH_TIMEOUT     ? "upstream timed out"
+                    : err == JG_FETCH_TOO_LARGE ? "upstream response too large"
+                    : err == JG_FETCH_CANCELLED ? "shutting down"
+                                                : "upstream request failed");
     job_request_done(jr, oc->status, "error", (long)oc->resp->elapsed_ms);
 }
 
@@ -526,7 +526,9 @@ flight_done(const struct jg_upstream_response *resp, void *arg)
     flight_unlink(flight);
 
     if (resp->error != JG_FETCH_OK) {
-        oc.status = resp->error == JG_FETCH_TIMEOUT ? 504 : 502;
+        oc.status = resp->error == JG_FETCH_TIMEOUT     ? 504
+                    : resp->error == JG_FETCH_CANCELLED ? 503
+                                                        : 502;
         if (resp->error == JG_FETCH_TIMEOUT)
             srv->metrics.upstream_timeouts++;
         else
@@ -778,6 +780,31 @@ reply_bad_request(struct jg_server *srv, struct evhttp_request *req,
     jg_server_request_done(srv);
 }
 
+static size_t
+count_headers(const struct evkeyvalq *in)
+{
+    const struct evkeyval *h;
+    size_t count = 0;
+
+    TAILQ_FOREACH(h, in, next)
+        count++;
+    return count;
+}
+
+/* Answer a request over a client limit and close its connection. */
+static void
+reply_limit(struct jg_server *srv, struct evhttp_request *req, int status,
+            const char *message, uint64_t started)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Connection",
+                      "close");
+    jg_reply_detail(srv, req, status, message);
+    srv->metrics.requests_invalid++;
+    jg_access_log("invalid", "-", status, "none", -1, jg_now_ms() - started,
+                  NULL, "-");
+    jg_server_request_done(srv);
+}
+
 /*
  * Match a cached route. On a match, *segment and *len give the raw job id
  * segment and the route name is returned; NULL otherwise.
@@ -828,6 +855,14 @@ jg_request_handle(struct evhttp_request *req, void *arg)
     srv->active_requests++;
     jg_server_note_request(srv, req);
 
+    if (target != NULL && strlen(target) > srv->cfg.max_uri_bytes) {
+        reply_limit(srv, req, 414, "request target too long", started);
+        return;
+    }
+    if (count_headers(in) > srv->cfg.max_headers) {
+        reply_limit(srv, req, 431, "too many header fields", started);
+        return;
+    }
     if (framing_is_ambiguous(in)) {
         reply_bad_request(srv, req, "ambiguous message framing", "-", started);
         return;

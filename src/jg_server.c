@@ -46,6 +46,7 @@ struct jg_conn {
     struct evhttp_connection *evcon; /* NULL until adopted */
     struct event *deadline;
     struct event *adopt;
+    bool busy;                       /* a request is read and not yet sent */
 };
 
 static size_t
@@ -85,6 +86,8 @@ conn_closed(struct evhttp_connection *evcon, void *arg)
         srv->conn_count--;
     }
     conn_free(conn);
+    if (srv->draining && srv->active_requests == 0 && srv->conn_count == 0)
+        event_base_loopexit(srv->base, NULL);
 }
 
 static void
@@ -186,8 +189,20 @@ jg_server_note_request(struct jg_server *srv, struct evhttp_request *req)
     if (evcon == NULL)
         return;
     conn = *conn_slot(srv, evcon);
-    if (conn != NULL)
+    if (conn != NULL) {
         evtimer_del(conn->deadline);
+        conn->busy = true;
+    }
+}
+
+/* evhttp has written the whole answer of a request. */
+static void
+reply_sent(struct evhttp_request *req, void *arg)
+{
+    struct jg_conn *conn = arg;
+
+    (void)req;
+    conn->busy = false;
 }
 
 void
@@ -206,8 +221,10 @@ jg_server_reply(struct jg_server *srv, struct evhttp_request *req,
     if (evcon != NULL) {
         struct jg_conn *conn = *conn_slot(srv, evcon);
 
-        if (conn != NULL)
+        if (conn != NULL) {
             conn_arm(conn, srv->cfg.client_timeout_ms);
+            evhttp_request_set_on_complete_cb(req, reply_sent, conn);
+        }
     }
     if (srv->draining)
         evhttp_add_header(evhttp_request_get_output_headers(req),
@@ -237,13 +254,38 @@ jg_server_schedule_flush(struct jg_server *srv)
 
 /* ---- drain ---------------------------------------------------------- */
 
+/*
+ * Close the connections that have no answer being written; the others
+ * close once written, because answers sent while draining carry
+ * "Connection: close". The loop ends with the last connection.
+ */
+static void
+close_idle_connections(struct jg_server *srv)
+{
+    size_t i;
+
+    for (i = 0; i < srv->conn_buckets; i++) {
+        struct jg_conn *conn = srv->conns[i];
+
+        while (conn != NULL) {
+            struct jg_conn *next = conn->next;
+
+            if (!conn->busy)
+                evhttp_connection_free(conn->evcon);
+            conn = next;
+        }
+    }
+    if (srv->conn_count == 0)
+        event_base_loopexit(srv->base, NULL);
+}
+
 void
 jg_server_request_done(struct jg_server *srv)
 {
     srv->active_requests--;
     if (srv->draining && srv->active_requests == 0) {
         jg_log_info("drain finished");
-        event_base_loopexit(srv->base, NULL);
+        close_idle_connections(srv);
     }
 }
 
@@ -255,10 +297,16 @@ drain_timeout(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     jg_log_warn("drain deadline of %llu ms passed with %zu requests in "
-                "flight; stopping",
+                "flight; answering them 503",
                 (unsigned long long)srv->cfg.drain_timeout_ms,
                 srv->active_requests);
-    event_base_loopexit(srv->base, NULL);
+    /* Each callback answers its clients, which ends the drain. */
+    jg_upstream_abort_all(srv->upstream);
+    if (srv->active_requests > 0) {
+        jg_log_error("%zu requests still unanswered at the drain deadline",
+                     srv->active_requests);
+        event_base_loopexit(srv->base, NULL);
+    }
 }
 
 static void
@@ -280,11 +328,9 @@ on_signal(evutil_socket_t sig, short what, void *arg)
         evhttp_del_accept_socket(srv->http, srv->listener);
         srv->listener = NULL;
     }
-    if (srv->active_requests == 0) {
-        event_base_loopexit(srv->base, NULL);
-        return;
-    }
     evtimer_add(srv->drain_timer, &tv);
+    if (srv->active_requests == 0)
+        close_idle_connections(srv);
 }
 
 /* ---- listeners ------------------------------------------------------ */
@@ -492,11 +538,9 @@ jg_server_init(struct jg_server *srv, const struct jg_config *cfg)
         jg_log_error("cannot create the event loop");
         return -1;
     }
-    /* Three priorities: the default is 1, the cache batch runs at 2, after
-     * every other callback of the same loop turn. */
-    event_base_priority_init(srv->base, 3);
+    /* Activated events run in order, so the batch commits after the
+     * callbacks already active in this loop turn. */
     srv->flush_event = event_new(srv->base, -1, 0, flush_cb, srv);
-    event_priority_set(srv->flush_event, 2);
 
     if (open_parts(srv) != 0)
         return -1;

@@ -662,6 +662,28 @@ jg_upstream_create(struct event_base *base,
 }
 
 void
+jg_upstream_abort_all(struct jg_upstream *up)
+{
+    struct jg_fetch *fetch;
+    uint64_t now = jg_now_ms();
+
+    while ((fetch = up->running.head) != NULL) {
+        list_remove(&up->running, fetch);
+        if (fetch->in_multi) {
+            curl_multi_remove_handle(up->multi, fetch->easy);
+            fetch->in_multi = false;
+        }
+        fetch->error = JG_FETCH_CANCELLED;
+        fetch->finished_ms = now;
+        snprintf(fetch->error_text, sizeof(fetch->error_text),
+                 "aborted at shutdown");
+        fetch->state = FETCH_FINISHED;
+        list_append(&up->finished, fetch);
+    }
+    report_finished(up);
+}
+
+void
 jg_upstream_free(struct jg_upstream *up)
 {
     if (up == NULL)
@@ -741,6 +763,14 @@ set_method(struct jg_fetch *fetch, const char *method, const void *body,
                 curl_slist_append(fetch->request_headers, "Content-Type:");
         if (strcmp(method, "POST") != 0)
             curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, method);
+        /*
+         * libcurl resends a request whose reused connection turned out to
+         * be closed. For a method that is not idempotent the upstream may
+         * have acted on the first copy already, so such requests get a
+         * connection of their own.
+         */
+        if (strcmp(method, "POST") == 0 || strcmp(method, "PATCH") == 0)
+            curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
     } else if (!is_get) {
         curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, method);
     }

@@ -26,7 +26,10 @@ usage(FILE *out)
             "  -T            check, print the effective configuration, exit\n"
             "  --KEY=VALUE   set a configuration key, overriding the file\n"
             "                and the JOBGATE_KEY environment variables\n"
-            "  -h            show this help\n");
+            "  -h            show this help\n"
+            "\n"
+            "configuration keys:\n");
+    jg_config_usage(out);
 }
 
 struct options {

@@ -7,7 +7,11 @@
  * high-water mark. Writes are queued and committed together by
  * jg_cache_flush(), which the server calls once per event-loop turn.
  *
- * Several processes may share one directory; one process opens it once.
+ * Several processes may share one directory, and should give it the same
+ * max_bytes, because each evicts against its own map size. A process opens
+ * a directory once, after any fork(): LMDB's file locks break when one
+ * process opens an environment twice, and an environment must not be used
+ * across fork().
  */
 #ifndef JOBGATE_JG_CACHE_H
 #define JOBGATE_JG_CACHE_H
@@ -53,20 +57,24 @@ enum jg_cache_result {
 
 /*
  * Open or create the environment. The directory is created mode 0700 when
- * missing and the files are created mode 0600. Returns 0, or -1 with a
- * message in err.
+ * missing and the files are created mode 0600; a world-writable directory
+ * and a max_bytes below 1 MiB are rejected. Returns 0, or -1 with a
+ * message naming the directory in err.
  */
 int jg_cache_open(struct jg_cache **out, const struct jg_cache_options *opts,
                   char *err, size_t errlen);
 
-/* Flush pending writes and close. */
+/* Flush pending writes, end any held hit, and close. */
 void jg_cache_close(struct jg_cache *cache);
 
 /*
  * Look up (org, job) at wall-clock time now. On JG_CACHE_HIT, entry points
  * into LMDB's memory map and stays valid only until jg_cache_release(),
  * which the caller must call before returning to the event loop. On every
- * other result nothing needs releasing.
+ * other result nothing needs releasing and entry must not be read. A stored
+ * time later than now counts as fresh. Lookups made while a hit is held
+ * read the same snapshot and leave the held entry valid. Each lookup adds
+ * one to exactly one of hits, misses, expired, corrupt and read_errors.
  */
 enum jg_cache_result jg_cache_get(struct jg_cache *cache,
                                   const uint8_t org[JG_UUID_LEN],
@@ -88,18 +96,25 @@ size_t jg_cache_pending(const struct jg_cache *cache);
 /*
  * Commit the queued writes in one transaction, evicting first when the map
  * is above its high-water mark. A full map drops the writes and counts
- * them. Returns the number of entries committed, or -1 on another error.
+ * them. Returns the number of entries committed (0 when dropped), or -1 on
+ * another error, which also drops them. Call it with no hit held: a held
+ * snapshot keeps the pages that eviction frees from being reused.
  */
 int jg_cache_flush(struct jg_cache *cache);
 
-/* Delete every entry of one job, or of one organization. Returns the count
- * removed, or -1 on error. */
+/* Delete every entry of one job, or of one organization, and discard the
+ * queued writes for it. Returns the count of stored entries removed, or -1
+ * on error. */
 long jg_cache_purge_job(struct jg_cache *cache, const uint8_t job[JG_UUID_LEN]);
 long jg_cache_purge_org(struct jg_cache *cache, const uint8_t org[JG_UUID_LEN]);
 
 const struct jg_cache_stats *jg_cache_stats(const struct jg_cache *cache);
 
-/* Entries currently stored, and bytes of the map in use. */
+/*
+ * Entries currently stored, and bytes of the map's pages that hold data:
+ * the data file's pages less those on LMDB's free list, which it reuses.
+ * Both return 0 on error.
+ */
 uint64_t jg_cache_entries(struct jg_cache *cache);
 uint64_t jg_cache_used_bytes(struct jg_cache *cache);
 

@@ -76,6 +76,13 @@ struct jg_fetch *jg_upstream_fetch(struct jg_upstream *up, const char *method,
                                    jg_fetch_cb cb, void *arg);
 
 /*
+ * Finish every running fetch with JG_FETCH_CANCELLED, calling each callback,
+ * so that their callers can answer and free what they hold. Used when a
+ * drain runs out of time. Fetches the callbacks start are not aborted.
+ */
+void jg_upstream_abort_all(struct jg_upstream *up);
+
+/*
  * Abort a fetch; its callback is not called. A callback may cancel other
  * fetches, including ones that finished but were not reported yet. A fetch
  * cancelled from its own callback is left alone and freed when it returns.
