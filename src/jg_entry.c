@@ -5,7 +5,7 @@
  * version and a CRC-32C, checked on every read before any byte of it
  * reaches a client.
  *
- * Layout, all integers little-endian, header 32 bytes:
+ * Layout, all integers little-endian, header 48 bytes:
  *
  *   offset  size  field
  *        0     3  magic "JGE"
@@ -16,7 +16,8 @@
  *       20     2  HTTP status
  *       22     2  content type length
  *       24     8  ETag: the first 8 bytes of the SHA-256 of the body
- *       32     -  content type, then body
+ *       32    16  owner: the credential tag of the fetcher, or zeros
+ *       48     -  content type, then body
  *
  * The checksum sits right after the version so that it covers everything
  * that follows it, including the lengths and the ETag.
@@ -31,7 +32,7 @@
 
 #include "jobgate/jg_util.h"
 
-#define HEADER_LEN 32
+#define HEADER_LEN 48
 #define OFF_VERSION 3
 #define OFF_CHECKSUM 4
 #define OFF_STORED_AT 8
@@ -39,6 +40,7 @@
 #define OFF_HTTP_STATUS 20
 #define OFF_CONTENT_TYPE_LEN 22
 #define OFF_ETAG 24
+#define OFF_OWNER 32
 /* The checksum covers everything after its own field. */
 #define CHECKED_FROM OFF_STORED_AT
 
@@ -203,6 +205,7 @@ jg_entry_encode(uint8_t *out, struct jg_entry *entry)
     put_u16(out + OFF_HTTP_STATUS, entry->http_status);
     put_u16(out + OFF_CONTENT_TYPE_LEN, (uint16_t)entry->content_type_len);
     memcpy(out + OFF_ETAG, entry->etag, JG_ENTRY_ETAG_LEN);
+    memcpy(out + OFF_OWNER, entry->owner, JG_ENTRY_OWNER_LEN);
 
     if (entry->content_type_len > 0)
         memcpy(p, entry->content_type, entry->content_type_len);
@@ -227,7 +230,7 @@ jg_entry_decode(const uint8_t *buf, size_t len, struct jg_entry *out)
         buf[OFF_VERSION] != JG_ENTRY_VERSION)
         return JG_ENTRY_BAD_VERSION;
 
-    /* Summed in 64 bits: at most 32 + 65535 + 4294967295, no overflow. */
+    /* Summed in 64 bits: at most 48 + 65535 + 4294967295, no overflow. */
     content_type_len = get_u16(buf + OFF_CONTENT_TYPE_LEN);
     body_len = get_u32(buf + OFF_BODY_LEN);
     expected = (uint64_t)HEADER_LEN + content_type_len + body_len;
@@ -245,6 +248,7 @@ jg_entry_decode(const uint8_t *buf, size_t len, struct jg_entry *out)
     out->body = out->content_type + content_type_len;
     out->body_len = body_len;
     memcpy(out->etag, buf + OFF_ETAG, JG_ENTRY_ETAG_LEN);
+    memcpy(out->owner, buf + OFF_OWNER, JG_ENTRY_OWNER_LEN);
     return JG_ENTRY_OK;
 }
 

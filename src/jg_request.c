@@ -26,6 +26,8 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <inttypes.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +78,7 @@ struct jg_flight {
     size_t waiter_count;
     bool leader_has_cred;
     uint8_t leader_cred[JG_CRED_HASH_LEN];
+    uint8_t leader_owner[JG_ENTRY_OWNER_LEN];
     uint8_t job[JG_UUID_LEN];
 };
 
@@ -89,6 +92,7 @@ struct job_request {
     uint8_t job[JG_UUID_LEN];
     bool has_cred;
     uint8_t cred[JG_CRED_HASH_LEN];
+    uint8_t owner[JG_ENTRY_OWNER_LEN]; /* zeros unless share_scope=credential */
     char fingerprint[JG_CRED_FINGERPRINT_LEN];
     bool refresh;                 /* client sent Cache-Control: no-cache */
     bool only_if_cached;
@@ -244,6 +248,12 @@ lookup(struct job_request *jr)
         enum jg_cache_result res;
 
         res = jg_cache_get(srv->cache, orgs[i], jr->job, wall, &entry);
+        if (res == JG_CACHE_HIT &&
+            memcmp(entry.owner, jr->owner, JG_ENTRY_OWNER_LEN) != 0) {
+            /* Another credential fetched it, and entries are not shared. */
+            jg_cache_release(srv->cache);
+            continue;
+        }
         if (res == JG_CACHE_HIT) {
             srv->metrics.cache_hits++;
             reply_hit(jr, &entry, wall);
@@ -428,6 +438,7 @@ judge_response(struct jg_flight *flight, struct outcome *oc)
             .body_len = oc->body_len,
         };
 
+        memcpy(entry.owner, flight->leader_owner, JG_ENTRY_OWNER_LEN);
         jg_cache_put(srv->cache, res.org, flight->job, &entry);
         jg_server_schedule_flush(srv);
         oc->stored = true;
@@ -579,6 +590,7 @@ flight_start(struct job_request *jr, bool shareable)
     memcpy(flight->job, jr->job, JG_UUID_LEN);
     flight->leader_has_cred = jr->has_cred;
     memcpy(flight->leader_cred, jr->cred, JG_CRED_HASH_LEN);
+    memcpy(flight->leader_owner, jr->owner, JG_ENTRY_OWNER_LEN);
     if (shareable && flight_key_for(jr, &flight->key)) {
         struct jg_flight **slot = flight_slot(srv, &flight->key);
 
@@ -674,6 +686,23 @@ read_cache_control(struct job_request *jr, const struct evkeyvalq *in)
     }
 }
 
+/*
+ * The owner tag stored with an entry under share_scope = credential: an
+ * HMAC-SHA-256 of the credential under the cache's own key, so that it
+ * stays the same across restarts and reveals nothing of the credential.
+ */
+static void
+owner_tag(const struct jg_server *srv, const char *token, size_t len,
+          uint8_t out[JG_ENTRY_OWNER_LEN])
+{
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int digest_len = 0;
+
+    HMAC(EVP_sha256(), srv->owner_key, sizeof(srv->owner_key),
+         (const unsigned char *)token, len, digest, &digest_len);
+    memcpy(out, digest, JG_ENTRY_OWNER_LEN);
+}
+
 static void
 read_credential(struct job_request *jr, const struct evkeyvalq *in)
 {
@@ -690,6 +719,8 @@ read_credential(struct job_request *jr, const struct evkeyvalq *in)
     jr->has_cred = true;
     jg_principals_hash(jr->srv->principals, token, len, jr->cred);
     jg_principals_fingerprint(jr->cred, jr->fingerprint);
+    if (jr->srv->cfg.share_scope == JG_SHARE_CREDENTIAL)
+        owner_tag(jr->srv, token, len, jr->owner);
 }
 
 /* Serve a cached-route GET whose id segment is segment[0..len). */

@@ -15,6 +15,8 @@
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <openssl/rand.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -489,6 +491,51 @@ new_front_end(struct jg_server *srv)
     return http;
 }
 
+/*
+ * Read the owner-tag key from the cache directory, or create it there with
+ * mode 0600. Every process sharing the directory uses the same key.
+ */
+static int
+load_owner_key(struct jg_server *srv)
+{
+    char path[JG_CONFIG_STR_MAX + 16];
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof(path), "%s/owner.key", srv->cfg.cache_dir);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        if (RAND_bytes(srv->owner_key, sizeof(srv->owner_key)) != 1) {
+            jg_log_error("cannot draw random bytes for %s", path);
+            return -1;
+        }
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            n = write(fd, srv->owner_key, sizeof(srv->owner_key));
+            close(fd);
+            if (n == (ssize_t)sizeof(srv->owner_key))
+                return 0;
+            unlink(path);
+            jg_log_error("cannot write %s: %s", path, strerror(errno));
+            return -1;
+        }
+        /* Another process created it first: read theirs. */
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    }
+    if (fd < 0) {
+        jg_log_error("cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    n = read(fd, srv->owner_key, sizeof(srv->owner_key));
+    close(fd);
+    if (n != (ssize_t)sizeof(srv->owner_key)) {
+        jg_log_error("%s is not a %zu-byte key; remove it to make a new one",
+                     path, sizeof(srv->owner_key));
+        return -1;
+    }
+    return 0;
+}
+
 static int
 open_parts(struct jg_server *srv)
 {
@@ -511,6 +558,8 @@ open_parts(struct jg_server *srv)
         jg_log_error("cannot open the cache: %s", err);
         return -1;
     }
+    if (cfg->share_scope == JG_SHARE_CREDENTIAL && load_owner_key(srv) != 0)
+        return -1;
     srv->principals = jg_principals_create(cfg->max_principals,
                                            cfg->auth_ttl_s);
     srv->upstream = jg_upstream_create(srv->base, &uopts);

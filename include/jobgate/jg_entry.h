@@ -12,6 +12,7 @@
 
 #define JG_ENTRY_VERSION 1
 #define JG_ENTRY_ETAG_LEN 8
+#define JG_ENTRY_OWNER_LEN 16
 /* The ETag header value: '"' + 16 hex digits + '"' + NUL. */
 #define JG_ENTRY_ETAG_STR_LEN 19
 /* The header stores the content type length in 16 bits, the body's in 32. */
@@ -27,6 +28,11 @@ struct jg_entry {
     const char *body;
     size_t body_len;
     uint8_t etag[JG_ENTRY_ETAG_LEN];
+    /*
+     * With share_scope = credential, a keyed tag of the credential that
+     * fetched the entry, which alone may be served it; zeros otherwise.
+     */
+    uint8_t owner[JG_ENTRY_OWNER_LEN];
 };
 
 enum jg_entry_status {

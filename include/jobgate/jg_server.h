@@ -61,6 +61,9 @@ struct jg_server {
     struct jg_cache *cache;
     struct jg_principals *principals;
     struct jg_metrics metrics;
+    /* Key of the owner tags of share_scope = credential, kept in the
+     * cache directory so that tags survive a restart. */
+    uint8_t owner_key[32];
 
     /* In-flight shared fetches, a small chained hash table. */
     struct jg_flight **flights;

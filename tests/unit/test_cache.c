@@ -619,7 +619,7 @@ cache_unknown_version_is_corrupt(void **state)
     uint8_t org[JG_UUID_LEN];
     uint8_t job[JG_UUID_LEN];
     uint8_t key[JG_CACHE_KEY_LEN];
-    uint8_t sample[64];
+    uint8_t sample[128];
     struct jg_entry e = {
         .content_type = CONTENT_TYPE,
         .content_type_len = strlen(CONTENT_TYPE),

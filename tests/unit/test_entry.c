@@ -26,7 +26,7 @@
 #define OFF_CHECKSUM 4
 #define OFF_BODY_LEN 16
 #define OFF_CONTENT_TYPE_LEN 22
-#define HEADER_LEN 32
+#define HEADER_LEN 48
 
 static struct jg_entry
 sample_entry(const char *body)
