@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 jobs=$(nproc)
 
 scripts/deps.sh test
+scripts/check-source.sh
 (cd tests/integration && npm ci --no-audit --no-fund --loglevel=error)
 
 run_suite() {
