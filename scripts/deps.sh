@@ -6,7 +6,8 @@ set -euo pipefail
 
 build_packages=(build-essential cmake pkg-config libevent-dev
                 libcurl4-openssl-dev liblmdb-dev libjsmn-dev libssl-dev)
-test_packages=(libcmocka-dev curl lmdb-utils nodejs npm clang valgrind)
+test_packages=(libcmocka-dev curl lmdb-utils nodejs npm clang libclang-rt-14-dev
+               valgrind)
 
 case "${1:-build}" in
 build) wanted=("${build_packages[@]}") ;;

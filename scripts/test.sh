@@ -14,7 +14,8 @@ scripts/check-source.sh
 run_suite() {
     local dir=$1
     shift
-    cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Debug "$@" >/dev/null
+    cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Debug -DJOBGATE_TESTS=ON "$@" \
+        >/dev/null
     cmake --build "$dir" -j"$jobs"
     (cd "$dir" && ctest --output-on-failure -j"$jobs")
     JOBGATE_BIN="$PWD/$dir/jobgate" node --test tests/integration/

@@ -163,11 +163,13 @@ static const struct key_def config_keys[] = {
     {.name = "client_header_timeout_ms", .type = KEY_MILLISECONDS,
      .default_value = "10000", .offset = FIELD(client_header_timeout_ms),
      .min = 1, .max = 3600000,
-     .help = "milliseconds a client has to send a whole request head"},
+     .help = "milliseconds a client has to send its first whole request, "
+             "head and body, from connecting"},
     {.name = "client_timeout_ms", .type = KEY_MILLISECONDS,
      .default_value = "60000", .offset = FIELD(client_timeout_ms),
      .min = 1, .max = 86400000,
-     .help = "milliseconds an idle keep-alive client connection is kept"},
+     .help = "milliseconds an idle keep-alive client connection is kept, "
+             "and has to send its next whole request"},
     {.name = "max_header_bytes", .type = KEY_BYTES, .default_value = "16384",
      .offset = FIELD(max_header_bytes), .min = 1024, .max = MIB,
      .help = "largest request header section in bytes"},

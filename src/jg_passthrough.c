@@ -12,6 +12,7 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -71,15 +72,32 @@ listed_in_connection(const struct evkeyvalq *headers, const char *name)
     return 0;
 }
 
+const char *
+jg_find_end_to_end_header(const struct evkeyvalq *in, const char *name)
+{
+    if (listed_in_connection(in, name))
+        return NULL;
+    return evhttp_find_header(in, name);
+}
+
+static bool
+is_credential_header(const char *name)
+{
+    return strcasecmp(name, "Galileo-API-Key") == 0 ||
+           strcasecmp(name, "Splunk-AO-API-Key") == 0 ||
+           strcasecmp(name, "Authorization") == 0;
+}
+
 struct curl_slist *
-jg_forward_headers(const struct evkeyvalq *in, int allowlist)
+jg_forward_headers(const struct evkeyvalq *in, int allowlist,
+                   const char *credential_header)
 {
     struct curl_slist *list = NULL;
     const struct evkeyval *h;
-    char line[16384];
 
     TAILQ_FOREACH(h, in, next) {
-        int n;
+        size_t size = strlen(h->key) + strlen(h->value) + 3;
+        char *line;
 
         if (name_in(h->key, hop_by_hop, JG_ARRAY_LEN(hop_by_hop)))
             continue;
@@ -88,19 +106,27 @@ jg_forward_headers(const struct evkeyvalq *in, int allowlist)
         if (allowlist &&
             !name_in(h->key, job_allowlist, JG_ARRAY_LEN(job_allowlist)))
             continue;
+        /*
+         * The job route sends exactly the credential it hashed, so the
+         * upstream's verdict is about that credential and no other.
+         */
+        if (allowlist && is_credential_header(h->key) &&
+            (credential_header == NULL ||
+             strcasecmp(h->key, credential_header) != 0))
+            continue;
 
         /* "Name;" is libcurl's spelling of a header with an empty value. */
+        line = jg_malloc(size);
         if (h->value[0] == '\0')
-            n = snprintf(line, sizeof(line), "%s;", h->key);
+            snprintf(line, size, "%s;", h->key);
         else
-            n = snprintf(line, sizeof(line), "%s: %s", h->key, h->value);
-        if (n < 0 || (size_t)n >= sizeof(line))
-            continue;
+            snprintf(line, size, "%s: %s", h->key, h->value);
         list = curl_slist_append(list, line);
+        jg_free(line);
     }
 
     /*
-     * libcurl adds "Accept: * / *" when the client sent none; an empty
+     * libcurl adds an Accept field when the client sent none; an empty
      * value keeps the request as the client made it.
      */
     if (evhttp_find_header(in, "Accept") == NULL)
@@ -281,7 +307,8 @@ jg_passthrough_start(struct jg_server *srv, struct evhttp_request *req,
     pt->path = jg_strndup(target, strcspn(target, "?"));
     pt->started_ms = started_ms;
 
-    headers = jg_forward_headers(evhttp_request_get_input_headers(req), 0);
+    headers = jg_forward_headers(evhttp_request_get_input_headers(req), 0,
+                                 NULL);
     if (body_len > 0)
         body = evbuffer_pullup(in, -1);
 

@@ -238,13 +238,16 @@ jg_principals_free(struct jg_principals *table)
 }
 
 void
-jg_principals_hash(const struct jg_principals *table, const char *token,
-                   size_t len, uint8_t out[JG_CRED_HASH_LEN])
+jg_principals_hash(const struct jg_principals *table,
+                   enum jg_cred_source source, const char *token, size_t len,
+                   uint8_t out[JG_CRED_HASH_LEN])
 {
+    unsigned char source_byte = (unsigned char)source;
     size_t out_len = 0;
 
     /* A NULL key keeps the key of make_mac() and only resets the state. */
     if (EVP_MAC_init(table->mac, NULL, 0, NULL) != 1 ||
+        EVP_MAC_update(table->mac, &source_byte, 1) != 1 ||
         EVP_MAC_update(table->mac, (const unsigned char *)token, len) != 1 ||
         EVP_MAC_final(table->mac, out, &out_len, JG_CRED_HASH_LEN) != 1 ||
         out_len != JG_CRED_HASH_LEN)

@@ -79,6 +79,7 @@ struct jg_flight {
     bool leader_has_cred;
     uint8_t leader_cred[JG_CRED_HASH_LEN];
     uint8_t leader_owner[JG_ENTRY_OWNER_LEN];
+    uint64_t forget_epoch;        /* srv->forget_epoch when the fetch began */
     uint8_t job[JG_UUID_LEN];
 };
 
@@ -92,6 +93,7 @@ struct job_request {
     uint8_t job[JG_UUID_LEN];
     bool has_cred;
     uint8_t cred[JG_CRED_HASH_LEN];
+    const char *cred_header;      /* the header the credential came from */
     uint8_t owner[JG_ENTRY_OWNER_LEN]; /* zeros unless share_scope=credential */
     char fingerprint[JG_CRED_FINGERPRINT_LEN];
     bool refresh;                 /* client sent Cache-Control: no-cache */
@@ -394,13 +396,19 @@ struct outcome {
     const char *detail;           /* why the answer was not stored */
 };
 
+/* Every Cache-Control field line counts, not only the first. */
 static bool
 no_store_requested(const struct evkeyvalq *headers)
 {
-    const char *cc = evhttp_find_header(headers, "Cache-Control");
+    const struct evkeyval *h;
 
-    return cc != NULL &&
-           (header_has_token(cc, "no-store") || header_has_token(cc, "private"));
+    TAILQ_FOREACH(h, headers, next) {
+        if (strcasecmp(h->key, "Cache-Control") == 0 &&
+            (header_has_token(h->value, "no-store") ||
+             header_has_token(h->value, "private")))
+            return true;
+    }
+    return false;
 }
 
 /* Inspect a 200 answer, teach the principal table, queue the cache write. */
@@ -417,7 +425,13 @@ judge_response(struct jg_flight *flight, struct outcome *oc)
                               srv->cfg.max_body_bytes, &res);
     oc->org_valid = res.org_valid;
     memcpy(oc->org, res.org, JG_UUID_LEN);
-    if (res.org_valid && flight->leader_has_cred)
+    /*
+     * A 401 that arrived while this fetch was in flight may have revoked
+     * the credential after the upstream answered it: such a 200 proves
+     * nothing, and the next request proves the credential again.
+     */
+    if (res.org_valid && flight->leader_has_cred &&
+        flight->forget_epoch == srv->forget_epoch)
         jg_principals_learn(srv->principals, flight->leader_cred, res.org,
                             jg_now_ms() / 1000);
 
@@ -557,8 +571,10 @@ flight_done(const struct jg_upstream_response *resp, void *arg)
             judge_response(flight, &oc);
         else
             oc.detail = "status";
-        if (oc.status == 401 && flight->leader_has_cred)
+        if (oc.status == 401 && flight->leader_has_cred) {
             jg_principals_forget(srv->principals, flight->leader_cred);
+            srv->forget_epoch++;
+        }
     }
 
     for (jr = flight->waiters; jr != NULL; jr = next) {
@@ -591,6 +607,7 @@ flight_start(struct job_request *jr, bool shareable)
     flight->leader_has_cred = jr->has_cred;
     memcpy(flight->leader_cred, jr->cred, JG_CRED_HASH_LEN);
     memcpy(flight->leader_owner, jr->owner, JG_ENTRY_OWNER_LEN);
+    flight->forget_epoch = srv->forget_epoch;
     if (shareable && flight_key_for(jr, &flight->key)) {
         struct jg_flight **slot = flight_slot(srv, &flight->key);
 
@@ -602,7 +619,8 @@ flight_start(struct job_request *jr, bool shareable)
     flight_add_waiter(flight, jr);
     set_state(jr, JOB_FETCHING);
 
-    headers = jg_forward_headers(evhttp_request_get_input_headers(jr->req), 1);
+    headers = jg_forward_headers(evhttp_request_get_input_headers(jr->req), 1,
+                                 jr->cred_header);
     srv->metrics.upstream_requests++;
     jg_upstream_fetch(srv->upstream, "GET", jr->target, headers, NULL, 0,
                       flight_done, flight);
@@ -706,18 +724,26 @@ owner_tag(const struct jg_server *srv, const char *token, size_t len,
 static void
 read_credential(struct job_request *jr, const struct evkeyvalq *in)
 {
+    static const char *const header_names[] = {
+        [JG_CRED_GALILEO_KEY] = "Galileo-API-Key",
+        [JG_CRED_SPLUNK_KEY] = "Splunk-AO-API-Key",
+        [JG_CRED_BEARER] = "Authorization",
+    };
+    enum jg_cred_source source;
     const char *token;
     size_t len;
 
-    if (jg_credential_extract(evhttp_find_header(in, "Galileo-API-Key"),
-                              evhttp_find_header(in, "Splunk-AO-API-Key"),
-                              evhttp_find_header(in, "Authorization"), &token,
-                              &len) == JG_CRED_NONE) {
+    source = jg_credential_extract(
+        jg_find_end_to_end_header(in, "Galileo-API-Key"),
+        jg_find_end_to_end_header(in, "Splunk-AO-API-Key"),
+        jg_find_end_to_end_header(in, "Authorization"), &token, &len);
+    if (source == JG_CRED_NONE) {
         snprintf(jr->fingerprint, sizeof(jr->fingerprint), "-");
         return;
     }
     jr->has_cred = true;
-    jg_principals_hash(jr->srv->principals, token, len, jr->cred);
+    jr->cred_header = header_names[source];
+    jg_principals_hash(jr->srv->principals, source, token, len, jr->cred);
     jg_principals_fingerprint(jr->cred, jr->fingerprint);
     if (jr->srv->cfg.share_scope == JG_SHARE_CREDENTIAL)
         owner_tag(jr->srv, token, len, jr->owner);
@@ -773,28 +799,102 @@ job_route(struct jg_server *srv, struct evhttp_request *req,
     miss(jr);
 }
 
-/* Reject ambiguous framing, which could smuggle a second request. */
+/* RFC 9110 token characters, the only ones a field name may use. */
 static bool
-framing_is_ambiguous(const struct evkeyvalq *in)
+is_token(const char *s)
+{
+    const char *p;
+
+    if (*s == '\0')
+        return false;
+    for (p = s; *p != '\0'; p++) {
+        unsigned char c = (unsigned char)*p;
+
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+            (c >= '0' && c <= '9') || strchr("!#$%&'*+-.^_`|~", c) != NULL)
+            continue;
+        return false;
+    }
+    return true;
+}
+
+static bool
+is_field_value(const char *s)
+{
+    const unsigned char *p;
+
+    for (p = (const unsigned char *)s; *p != '\0'; p++) {
+        if ((*p < 0x20 && *p != '\t') || *p == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+static bool
+is_decimal(const char *s)
+{
+    return *s != '\0' && strspn(s, "0123456789") == strlen(s);
+}
+
+/*
+ * Reject what different parsers could read differently: invalid field
+ * names or values (a space before the colon hides a Transfer-Encoding from
+ * some and not others), ambiguous framing, and a credential header given
+ * twice, which could make jobgate and the upstream check different values.
+ */
+static const char *
+header_problem(const struct evkeyvalq *in)
 {
     const struct evkeyval *h;
     const char *te = NULL;
     int content_lengths = 0;
+    int credentials[3] = {0, 0, 0};
+    int hosts = 0;
 
     TAILQ_FOREACH(h, in, next) {
-        if (strcasecmp(h->key, "Content-Length") == 0)
+        if (!is_token(h->key) || !is_field_value(h->value))
+            return "invalid header field";
+        if (strcasecmp(h->key, "Host") == 0)
+            hosts++;
+        if (strcasecmp(h->key, "Galileo-API-Key") == 0)
+            credentials[0]++;
+        else if (strcasecmp(h->key, "Splunk-AO-API-Key") == 0)
+            credentials[1]++;
+        else if (strcasecmp(h->key, "Authorization") == 0)
+            credentials[2]++;
+        if (strcasecmp(h->key, "Content-Length") == 0) {
+            if (!is_decimal(h->value))
+                return "invalid Content-Length";
             content_lengths++;
+        }
         else if (strcasecmp(h->key, "Transfer-Encoding") == 0) {
             if (te != NULL)
-                return true;
+                return "ambiguous message framing";
             te = h->value;
         }
     }
-    if (content_lengths > 1)
-        return true;
-    if (te != NULL && (content_lengths > 0 || strcasecmp(te, "chunked") != 0))
-        return true;
-    return false;
+    if (content_lengths > 1 ||
+        (te != NULL &&
+         (content_lengths > 0 || strcasecmp(te, "chunked") != 0)))
+        return "ambiguous message framing";
+    if (credentials[0] > 1 || credentials[1] > 1 || credentials[2] > 1)
+        return "a credential header given more than once";
+    if (hosts > 1)
+        return "more than one Host header";
+    return NULL;
+}
+
+/* Printable ASCII only: no spaces, controls or bytes above 0x7e. */
+static bool
+is_valid_target(const char *target)
+{
+    const unsigned char *p;
+
+    for (p = (const unsigned char *)target; *p != '\0'; p++) {
+        if (*p <= 0x20 || *p >= 0x7f)
+            return false;
+    }
+    return true;
 }
 
 static void
@@ -878,6 +978,7 @@ jg_request_handle(struct evhttp_request *req, void *arg)
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     const char *target = evhttp_request_get_uri(req);
     uint64_t started = jg_now_ms();
+    const char *problem;
     const char *route;
     const char *segment;
     size_t len;
@@ -894,12 +995,18 @@ jg_request_handle(struct evhttp_request *req, void *arg)
         reply_limit(srv, req, 431, "too many header fields", started);
         return;
     }
-    if (framing_is_ambiguous(in)) {
-        reply_bad_request(srv, req, "ambiguous message framing", "-", started);
+    problem = header_problem(in);
+    if (problem != NULL) {
+        reply_bad_request(srv, req, problem, "-", started);
         return;
     }
-    /* Only origin-form targets: the upstream comes from config alone. */
-    if (target == NULL || target[0] != '/') {
+    if (target == NULL || !is_valid_target(target)) {
+        reply_bad_request(srv, req, "invalid request target", "-", started);
+        return;
+    }
+    /* Only origin-form targets, because an absolute-form one names a host,
+     * and the upstream comes from the configuration alone. */
+    if (target[0] != '/') {
         reply_bad_request(srv, req, "request target must be a path", "-",
                           started);
         return;

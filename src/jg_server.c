@@ -142,10 +142,18 @@ conn_adopt(evutil_socket_t fd, short what, void *arg)
 
     conn->evcon = cbarg;
     if (srv->conn_count >= srv->cfg.max_connections) {
+        uint64_t now = jg_now_ms();
+
         srv->metrics.connections_rejected++;
-        jg_log_warn("closing a new connection: max_connections (%llu) "
-                    "reached",
-                    (unsigned long long)srv->cfg.max_connections);
+        /* One line a second at most: a flood must not flood the log. */
+        if (now - srv->last_reject_log_ms >= 1000) {
+            jg_log_warn("closing new connections: max_connections (%llu) "
+                        "reached; %llu rejected so far",
+                        (unsigned long long)srv->cfg.max_connections,
+                        (unsigned long long)
+                            srv->metrics.connections_rejected);
+            srv->last_reject_log_ms = now;
+        }
         conn_free(conn);
         evhttp_connection_free(cbarg);
         return;

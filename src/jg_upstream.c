@@ -350,7 +350,7 @@ on_body_data(char *data, size_t size, size_t count, void *arg)
 
     if (len > fetch->up->max_response_bytes - have) {
         fetch->abort_error = JG_FETCH_TOO_LARGE;
-        fetch->abort_reason = "response body above max_response_bytes";
+        fetch->abort_reason = "response body above max_passthrough_bytes";
         return 0;
     }
     if (evbuffer_add(fetch->body, data, len) != 0)

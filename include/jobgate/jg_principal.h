@@ -64,8 +64,14 @@ struct jg_principals *jg_principals_create(size_t max_entries,
                                            uint64_t ttl_s);
 void jg_principals_free(struct jg_principals *table);
 
-/* Keyed hash of a credential. */
-void jg_principals_hash(const struct jg_principals *table, const char *token,
+/*
+ * Keyed hash of a credential and the header that carried it. The header
+ * counts because the upstream checks an API key and a Bearer token
+ * differently: the same string proven in one header proves nothing in the
+ * other.
+ */
+void jg_principals_hash(const struct jg_principals *table,
+                        enum jg_cred_source source, const char *token,
                         size_t len, uint8_t out[JG_CRED_HASH_LEN]);
 
 /* The first four bytes of a hash in hex, the only form logs may show. */

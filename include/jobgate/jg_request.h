@@ -22,13 +22,18 @@ void jg_passthrough_start(struct jg_server *srv, struct evhttp_request *req,
 
 /*
  * Build the upstream header list from the client's headers. With allowlist
- * set, only the credential, Accept, User-Agent, SDK, request id and trace
- * headers pass; otherwise every end-to-end header does. Hop-by-hop headers,
- * Host, Content-Length and Expect never pass. The list is owned by the
- * caller.
+ * set, only Accept, User-Agent, SDK, request id and trace headers pass,
+ * plus the one credential header named by credential_header (NULL: none);
+ * otherwise every end-to-end header does. Hop-by-hop headers, Host,
+ * Content-Length and Expect never pass. The list is owned by the caller.
  */
 struct curl_slist *jg_forward_headers(const struct evkeyvalq *in,
-                                      int allowlist);
+                                      int allowlist,
+                                      const char *credential_header);
+
+/* A header's value, unless it is absent or listed in Connection. */
+const char *jg_find_end_to_end_header(const struct evkeyvalq *in,
+                                      const char *name);
 
 /* Copy upstream response headers into a reply, skipping framing headers. */
 void jg_copy_response_headers(const struct evkeyvalq *from,

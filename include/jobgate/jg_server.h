@@ -69,12 +69,16 @@ struct jg_server {
     struct jg_flight **flights;
     size_t flight_buckets;
     size_t flight_count;
+    /* Counts credentials forgotten after a 401, so that a fetch started
+     * before one can tell its answer may be stale proof. */
+    uint64_t forget_epoch;
 
     /* Open client connections, keyed by their evhttp connection. */
     struct jg_conn **conns;
     size_t conn_buckets;
     size_t conn_count;
     bool accepting;
+    uint64_t last_reject_log_ms;
 
     /* Requests received and not yet answered. */
     size_t active_requests;

@@ -44,6 +44,8 @@ export const KEYS = Object.freeze({
 
 const MAX_REQUEST_BODY = 32 * 1024 * 1024;
 const DRIP_MAX_BYTES = 20000;
+const FLOOD_MAX_BYTES = 64 * 1024 * 1024;
+const FLOOD_CHUNK_BYTES = 64 * 1024;
 const TOKEN_LIFETIME_S = 3600;
 
 const HYPHENATED = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
@@ -241,7 +243,7 @@ const BODY_TRANSFORMS = {
   }),
 };
 
-const SOCKET_FAULTS = new Set(['reset', 'reset-mid-body', 'truncate', 'garbage', 'drip']);
+const SOCKET_FAULTS = new Set(['reset', 'reset-mid-body', 'truncate', 'garbage', 'drip', 'flood']);
 
 function statusText(code) {
   return http.STATUS_CODES[code] ?? 'Unknown';
@@ -497,9 +499,38 @@ export async function startUpstream(opts = {}) {
       case 'drip':
         drip(res, p, fault);
         return;
+      case 'flood':
+        flood(res, p, fault);
+        return;
       default:
         throw new Error(`unknown socket fault ${fault.kind}`);
     }
+  }
+
+  // Sends the head without Content-Length, then a chunked body without end
+  // as fast as the connection takes it: the job body without its closing
+  // brace, then spaces. It stops when the connection closes or after
+  // fault.maxBytes (default FLOOD_MAX_BYTES), and then resets the connection
+  // so that the body never ends well. fault.sentBytes counts the body bytes
+  // written, so a test can tell how much the client read before it hung up.
+  function flood(res, p, fault) {
+    const maxBytes = fault.maxBytes ?? FLOOD_MAX_BYTES;
+    const filler = Buffer.alloc(FLOOD_CHUNK_BYTES, 0x20);
+    res.writeHead(p.status, { ...p.headers });
+    const opening = p.body.subarray(0, Math.max(0, p.body.length - 1));
+    fault.sentBytes = opening.length;
+    res.write(opening);
+    const pump = () => {
+      while (!res.destroyed && fault.sentBytes < maxBytes) {
+        fault.sentBytes += filler.length;
+        if (!res.write(filler)) {
+          res.once('drain', pump);
+          return;
+        }
+      }
+      res.destroy();
+    };
+    pump();
   }
 
   // Sends the body one byte per fault.intervalMs. With fault.endless the
@@ -597,6 +628,10 @@ export async function startUpstream(opts = {}) {
     events.emit('request', entry);
 
     const fault = findFault(info, req.method);
+    // With planFirst the response is made on arrival and only its sending
+    // waits for the gate, as when a response is slow on the wire: a key
+    // revoked meanwhile does not change it.
+    let p = fault?.planFirst ? plan(req, info, body) : undefined;
     if (fault?.gate) {
       await fault.gate.wait();
       if (res.destroyed) {
@@ -604,7 +639,7 @@ export async function startUpstream(opts = {}) {
       }
     }
 
-    let p = plan(req, info, body);
+    p ??= plan(req, info, body);
     if (fault === undefined || fault.kind === undefined || fault.kind === 'hold') {
       sendPlan(res, p);
       return;
@@ -632,7 +667,8 @@ export async function startUpstream(opts = {}) {
     sendPlan(res, p);
   }
 
-  const server = http.createServer((req, res) => {
+  // Large enough for the longest header the tests send (Node's default is 16 KiB).
+  const server = http.createServer({ maxHeaderSize: 65536 }, (req, res) => {
     handle(req, res).catch((err) => {
       process.stderr.write(`upstream: handler failed: ${err.stack}\n`);
       res.destroy();
@@ -740,8 +776,9 @@ export async function startUpstream(opts = {}) {
     // Adds a fault. Matchers: job (canonical id), route, path (raw, without
     // query), method. times: how many matching requests it applies to
     // (default 1; Infinity for sticky). gate: hold matching requests until
-    // gate.release(). kind: undefined (hold only), status, rate-limit,
-    // reset, reset-mid-body, truncate, garbage, drip, concat,
+    // gate.release(); with planFirst the response is made before the gate
+    // delays it. kind: undefined (hold only), status, rate-limit,
+    // reset, reset-mid-body, truncate, garbage, drip, flood, concat,
     // duplicate-status, other-id, status-only-in-request-data, org-not-uuid,
     // no-store, body.
     addFault(spec) {

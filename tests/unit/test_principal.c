@@ -38,7 +38,7 @@ static void
 hash_token(const struct jg_principals *table, const char *token,
            uint8_t out[JG_CRED_HASH_LEN])
 {
-    jg_principals_hash(table, token, strlen(token), out);
+    jg_principals_hash(table, JG_CRED_GALILEO_KEY, token, strlen(token), out);
 }
 
 static void
@@ -137,15 +137,19 @@ test_hash_keyed_per_table(void **state)
     assert_memory_not_equal(h1, h3, JG_CRED_HASH_LEN);
 
     /* Only len bytes count, not what follows them. */
-    jg_principals_hash(a, "token-one-and-more", 9, h2);
+    jg_principals_hash(a, JG_CRED_GALILEO_KEY, "token-one-and-more", 9, h2);
     assert_memory_equal(h1, h2, JG_CRED_HASH_LEN);
 
     /* Each table draws its own key. */
     hash_token(b, "token-one", hb);
     assert_memory_not_equal(h1, hb, JG_CRED_HASH_LEN);
 
-    jg_principals_hash(a, "", 0, empty);
+    jg_principals_hash(a, JG_CRED_GALILEO_KEY, "", 0, empty);
     assert_memory_not_equal(empty, h1, JG_CRED_HASH_LEN);
+
+    /* The same string in another header is another credential. */
+    jg_principals_hash(a, JG_CRED_BEARER, "token-one", 9, h3);
+    assert_memory_not_equal(h1, h3, JG_CRED_HASH_LEN);
 
     jg_principals_free(a);
     jg_principals_free(b);
