@@ -204,6 +204,9 @@ static const struct key_def config_keys[] = {
      .help = "least severe level logged: error, warn, info or debug"},
 };
 
+_Static_assert(JG_ARRAY_LEN(config_keys) <= JG_CONFIG_MAX_KEYS,
+               "struct jg_config has no room for the origin of every key");
+
 static void set_error(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -730,8 +733,11 @@ set_key(struct jg_config *cfg, const struct key_def *def, const char *value,
     char quoted[QUOTE_MAX_BYTES * 4 + 8];
     char expected[256];
 
-    if (parse_value(def, value, field_of(cfg, def)))
+    if (parse_value(def, value, field_of(cfg, def))) {
+        snprintf(cfg->origins[def - config_keys],
+                 sizeof(cfg->origins[0]), "%s", origin);
         return 0;
+    }
 
     quote_value(value, quoted, sizeof(quoted));
     describe_expected(def, expected, sizeof(expected));
@@ -1033,6 +1039,15 @@ picks_any_port(const char *listen)
            strncmp(listen, "unix:", 5) != 0;
 }
 
+/* Where the value of a key came from, for errors about two keys. */
+static const char *
+origin_of(const struct jg_config *cfg, const char *key)
+{
+    const struct key_def *def = find_key(key);
+
+    return def != NULL ? cfg->origins[def - config_keys] : "config";
+}
+
 int
 jg_config_check(const struct jg_config *cfg, char *err, size_t errlen)
 {
@@ -1043,36 +1058,42 @@ jg_config_check(const struct jg_config *cfg, char *err, size_t errlen)
     if (cfg->admin_listen[0] != '\0' &&
         strcmp(cfg->listen, cfg->admin_listen) == 0 &&
         !picks_any_port(cfg->listen)) {
-        set_error(err, errlen, "config: keys \"listen\" and \"admin_listen\" "
-                  "both have value \"%s\": expected two different addresses",
-                  cfg->listen);
+        set_error(err, errlen, "%s: keys \"listen\" and \"admin_listen\" "
+                  "both have value \"%s\" (admin_listen from %s): expected "
+                  "two different addresses", origin_of(cfg, "listen"),
+                  cfg->listen, origin_of(cfg, "admin_listen"));
         return -1;
     }
     if (!valid_url(cfg->upstream, &url_len)) {
-        set_error(err, errlen, "config: key \"upstream\": invalid value "
+        set_error(err, errlen, "%s: key \"upstream\": invalid value "
                   "\"%s\": expected an http:// or https:// URL",
-                  cfg->upstream);
+                  origin_of(cfg, "upstream"), cfg->upstream);
         return -1;
     }
     if (cfg->upstream_connect_timeout_ms > cfg->upstream_timeout_ms) {
-        set_error(err, errlen, "config: key \"upstream_connect_timeout_ms\": "
+        set_error(err, errlen, "%s: key \"upstream_connect_timeout_ms\": "
                   "value %" PRIu64 " exceeds upstream_timeout_ms %" PRIu64
-                  ": expected a connect timeout within the whole timeout",
-                  cfg->upstream_connect_timeout_ms, cfg->upstream_timeout_ms);
+                  " (from %s): expected a connect timeout within the whole "
+                  "timeout", origin_of(cfg, "upstream_connect_timeout_ms"),
+                  cfg->upstream_connect_timeout_ms, cfg->upstream_timeout_ms,
+                  origin_of(cfg, "upstream_timeout_ms"));
         return -1;
     }
     if (cfg->max_body_bytes > cfg->max_passthrough_bytes) {
-        set_error(err, errlen, "config: key \"max_body_bytes\": value %"
+        set_error(err, errlen, "%s: key \"max_body_bytes\": value %"
                   PRIu64 " exceeds max_passthrough_bytes %" PRIu64
-                  ": expected cacheable bodies to be small enough to relay",
-                  cfg->max_body_bytes, cfg->max_passthrough_bytes);
+                  " (from %s): expected cacheable bodies to be small enough "
+                  "to relay", origin_of(cfg, "max_body_bytes"),
+                  cfg->max_body_bytes, cfg->max_passthrough_bytes,
+                  origin_of(cfg, "max_passthrough_bytes"));
         return -1;
     }
     if (cfg->max_body_bytes > cfg->cache_max_bytes) {
-        set_error(err, errlen, "config: key \"max_body_bytes\": value %"
+        set_error(err, errlen, "%s: key \"max_body_bytes\": value %"
                   PRIu64 " exceeds cache_max_bytes %" PRIu64
-                  ": expected a cacheable body to fit in the cache",
-                  cfg->max_body_bytes, cfg->cache_max_bytes);
+                  " (from %s): expected a cacheable body to fit in the cache",
+                  origin_of(cfg, "max_body_bytes"), cfg->max_body_bytes,
+                  cfg->cache_max_bytes, origin_of(cfg, "cache_max_bytes"));
         return -1;
     }
     return 0;

@@ -17,6 +17,8 @@
 #include "jobgate/jg_log.h"
 
 #define JG_CONFIG_STR_MAX 1024
+/* Room for the origins of every key of the table. */
+#define JG_CONFIG_MAX_KEYS 40
 
 enum jg_share_scope {
     /* Callers proven for the same organization share entries. */
@@ -51,6 +53,11 @@ struct jg_config {
     uint64_t max_waiters;           /* callers waiting on one upstream fetch */
     uint64_t drain_timeout_ms;
     enum jg_log_level log_level;
+
+    /* Where each key's value came from ("built-in default", "path:line",
+     * "environment JOBGATE_X", "flag --x"), in table order, for errors
+     * that involve two keys. */
+    char origins[JG_CONFIG_MAX_KEYS][256];
 };
 
 /* Fill cfg with the built-in defaults, the values of config/jobgate.conf. */
