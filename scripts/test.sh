@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Install the test dependencies, build, and run every test: the unit tests
-# (ctest) and the integration tests (node --test against build/jobgate),
-# first in a normal build, then again under AddressSanitizer and
-# UndefinedBehaviorSanitizer.
+# and fuzz-seed replays (ctest) and the integration tests (node --test
+# against the built jobgate), first in a normal build, then once more with
+# jobgate under valgrind memcheck, then in a build with AddressSanitizer and
+# UndefinedBehaviorSanitizer, and last a short run of every libFuzzer
+# target. FUZZ_SECONDS sets the time per fuzz target (default 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -11,20 +13,33 @@ scripts/deps.sh test
 scripts/check-source.sh
 (cd tests/integration && npm ci --no-audit --no-fund --loglevel=error)
 
-run_suite() {
+build_and_unit_test() {
     local dir=$1
     shift
     cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Debug -DJOBGATE_TESTS=ON "$@" \
         >/dev/null
     cmake --build "$dir" -j"$jobs"
     (cd "$dir" && ctest --output-on-failure -j"$jobs")
-    JOBGATE_BIN="$PWD/$dir/jobgate" node --test tests/integration/
+}
+
+integration_test() {
+    JOBGATE_BIN="$PWD/$1/jobgate" node --test tests/integration/
 }
 
 echo "== plain build"
-run_suite build
+build_and_unit_test build
+integration_test build
+
+echo "== integration tests with jobgate under valgrind memcheck"
+JG_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite" \
+    integration_test build
 
 echo "== AddressSanitizer and UndefinedBehaviorSanitizer"
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    run_suite build-sanitize -DJOBGATE_SANITIZE=ON
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+build_and_unit_test build-sanitize -DJOBGATE_SANITIZE=ON
+integration_test build-sanitize
+unset ASAN_OPTIONS UBSAN_OPTIONS
+
+echo "== short fuzzing run"
+tests/fuzz/run.sh "${FUZZ_SECONDS:-10}"

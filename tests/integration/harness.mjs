@@ -21,9 +21,22 @@ export const REPO = path.resolve(HERE, '..', '..');
 export const JOBGATE_BIN = process.env.JOBGATE_BIN ?? path.join(REPO, 'build', 'jobgate');
 export const SHIPPED_CONFIG = path.join(REPO, 'config', 'jobgate.conf');
 
-const READY_TIMEOUT_MS = 10000;
-const STOP_TIMEOUT_MS = 15000;
-const SANITIZER_REPORT = /AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|runtime error:/;
+// A wrapper such as valgrind makes start-up many times slower.
+const READY_TIMEOUT_MS = process.env.JG_WRAPPER ? 60000 : 10000;
+const STOP_TIMEOUT_MS = process.env.JG_WRAPPER ? 60000 : 15000;
+const SANITIZER_REPORT = /AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|runtime error:|ERROR SUMMARY: [1-9]|definitely lost: [1-9]/;
+
+// JG_WRAPPER runs jobgate under another program, e.g.
+// JG_WRAPPER="valgrind --error-exitcode=99 --leak-check=full" node --test.
+// Its words are split on spaces.
+const WRAPPER = (process.env.JG_WRAPPER ?? '').split(' ').filter((w) => w !== '');
+
+function spawnJobgate(args, options) {
+  if (WRAPPER.length === 0) {
+    return spawn(JOBGATE_BIN, args, options);
+  }
+  return spawn(WRAPPER[0], [...WRAPPER.slice(1), JOBGATE_BIN, ...args], options);
+}
 
 // Children still running. A test that fails before stopping its jobgate
 // must not leave it behind, so they are killed when this process exits.
@@ -61,7 +74,7 @@ function flagArgs(flags) {
 // {code, signal, stderr, stdout}.
 export function runJobgate(args, { env = {}, cwd, timeoutMs = 10000 } = {}) {
   return new Promise((resolve, reject) => {
-    const child = spawn(JOBGATE_BIN, args, { env: childEnv(env), cwd: cwd ?? makeTempDir() });
+    const child = spawnJobgate(args, { env: childEnv(env), cwd: cwd ?? makeTempDir() });
     let stderr = '';
     let stdout = '';
     child.stderr.on('data', (d) => { stderr += d; });
@@ -109,7 +122,7 @@ export async function startJobgate(opts = {}) {
   }
   args.push(...flagArgs({ ...defaults, ...(opts.flags ?? {}) }));
 
-  const child = spawn(JOBGATE_BIN, args, { env: childEnv(opts.env), cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawnJobgate(args, { env: childEnv(opts.env), cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   const jg = new Jobgate(child, { cacheDir, args });
   try {
     await jg.ready(opts.readyTimeoutMs ?? READY_TIMEOUT_MS);
