@@ -2,9 +2,10 @@
 # Install the test dependencies, build, and run every test: the unit tests
 # and fuzz-seed replays (ctest) and the integration tests (node --test
 # against the built jobgate), first in a normal build, then once more with
-# jobgate under valgrind memcheck, then in a build with AddressSanitizer and
-# UndefinedBehaviorSanitizer, and last a short run of every libFuzzer
-# target. FUZZ_SECONDS sets the time per fuzz target (default 10).
+# jobgate under valgrind memcheck, then a short run of every libFuzzer
+# target, and last everything again in a build with AddressSanitizer and
+# UndefinedBehaviorSanitizer. FUZZ_SECONDS sets the time per fuzz target
+# (default 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -34,12 +35,11 @@ echo "== integration tests with jobgate under valgrind memcheck"
 JG_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite" \
     integration_test build
 
+echo "== short fuzzing run"
+tests/fuzz/run.sh "${FUZZ_SECONDS:-10}"
+
 echo "== AddressSanitizer and UndefinedBehaviorSanitizer"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 build_and_unit_test build-sanitize -DJOBGATE_SANITIZE=ON
 integration_test build-sanitize
-unset ASAN_OPTIONS UBSAN_OPTIONS
-
-echo "== short fuzzing run"
-tests/fuzz/run.sh "${FUZZ_SECONDS:-10}"
