@@ -10,9 +10,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "jobgate/jg_admin.h"
 #include "jobgate/jg_cache.h"
+#include "jobgate/jg_http.h"
 #include "jobgate/jg_log.h"
 #include "jobgate/jg_principal.h"
 #include "jobgate/jg_request.h"
@@ -44,6 +46,7 @@ render_metrics(struct jg_server *srv, struct evbuffer *out)
     const struct jg_metrics *m = &srv->metrics;
     const struct jg_cache_stats *cs = jg_cache_stats(srv->cache);
     const struct jg_principal_stats *ps = jg_principals_stats(srv->principals);
+    const struct jg_http_stats *hs = jg_http_stats(srv->front);
     size_t i;
 
     metric(out, "jobgate_requests_total", "Requests on the proxy port.",
@@ -91,15 +94,18 @@ render_metrics(struct jg_server *srv, struct evbuffer *out)
            "Waiters that could not share an answer and fetched again.",
            "counter", m->refetched);
     metric(out, "jobgate_connections_accepted_total", "Client connections.",
-           "counter", m->connections_accepted);
+           "counter", hs->connections_accepted);
     metric(out, "jobgate_connections_rejected_total",
            "Connections closed because max_connections was reached.",
-           "counter", m->connections_rejected);
+           "counter", hs->connections_rejected);
     metric(out, "jobgate_connections", "Open client connections.", "gauge",
-           srv->conn_count);
+           jg_http_connections(srv->front));
     metric(out, "jobgate_header_timeouts_total",
-           "Connections closed by the request head deadline.", "counter",
-           m->header_timeouts);
+           "Connections closed by the request read deadline.", "counter",
+           hs->request_timeouts);
+    metric(out, "jobgate_bad_requests_total",
+           "Requests the HTTP parser rejected with a 4xx or 505.", "counter",
+           hs->bad_requests);
     evbuffer_add_printf(out, "# HELP jobgate_responses_total Answers by "
                         "status class.\n# TYPE jobgate_responses_total "
                         "counter\n");
@@ -211,11 +217,7 @@ admin_handle(struct evhttp_request *req, void *arg)
 int
 jg_admin_init(struct jg_server *srv)
 {
-    struct evhttp_bound_socket *bound;
-    char host[256];
-    const char *spec = srv->cfg.admin_listen;
-    const char *colon = strrchr(spec, ':');
-    unsigned long port;
+    int fd;
 
     srv->admin = evhttp_new(srv->base);
     evhttp_set_max_headers_size(srv->admin, 8192);
@@ -224,22 +226,13 @@ jg_admin_init(struct jg_server *srv)
     evhttp_set_allowed_methods(srv->admin, EVHTTP_REQ_GET | EVHTTP_REQ_DELETE);
     evhttp_set_gencb(srv->admin, admin_handle, srv);
 
-    if (colon == NULL || (size_t)(colon - spec) >= sizeof(host)) {
-        jg_log_error("invalid admin_listen \"%s\": expected host:port", spec);
+    fd = jg_server_bind(srv->cfg.admin_listen, "admin listening");
+    if (fd < 0)
+        return -1;
+    if (evhttp_accept_socket_with_handle(srv->admin, fd) == NULL) {
+        jg_log_error("cannot serve the admin port %s", srv->cfg.admin_listen);
+        close(fd);
         return -1;
     }
-    snprintf(host, sizeof(host), "%.*s", (int)(colon - spec), spec);
-    if (host[0] == '[') {
-        memmove(host, host + 1, strlen(host));
-        host[strcspn(host, "]")] = '\0';
-    }
-    port = strtoul(colon + 1, NULL, 10);
-    bound = evhttp_bind_socket_with_handle(srv->admin, host,
-                                           (ev_uint16_t)port);
-    if (bound == NULL) {
-        jg_log_error("cannot listen on admin_listen %s", spec);
-        return -1;
-    }
-    jg_server_log_bound("admin listening", bound);
     return 0;
 }

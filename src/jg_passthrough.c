@@ -15,7 +15,9 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
+#include "jobgate/jg_http.h"
 #include "jobgate/jg_log.h"
 #include "jobgate/jg_request.h"
 #include "jobgate/jg_server.h"
@@ -49,37 +51,6 @@ name_in(const char *name, const char *const *list, size_t count)
     return 0;
 }
 
-/* True when the Connection header value lists name as a token. */
-static int
-listed_in_connection(const struct evkeyvalq *headers, const char *name)
-{
-    const char *value = evhttp_find_header(headers, "Connection");
-    size_t n = strlen(name);
-    const char *p;
-
-    if (value == NULL)
-        return 0;
-    for (p = value; *p != '\0';) {
-        size_t len;
-
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        len = strcspn(p, ", \t");
-        if (len == n && strncasecmp(p, name, n) == 0)
-            return 1;
-        p += len;
-    }
-    return 0;
-}
-
-const char *
-jg_find_end_to_end_header(const struct evkeyvalq *in, const char *name)
-{
-    if (listed_in_connection(in, name))
-        return NULL;
-    return evhttp_find_header(in, name);
-}
-
 static bool
 is_credential_header(const char *name)
 {
@@ -89,38 +60,41 @@ is_credential_header(const char *name)
 }
 
 struct curl_slist *
-jg_forward_headers(const struct evkeyvalq *in, int allowlist,
+jg_forward_headers(const struct jg_http_request *req, int allowlist,
                    const char *credential_header)
 {
+    const struct jg_http_field *fields = jg_http_fields(req);
+    size_t count = jg_http_field_count(req);
     struct curl_slist *list = NULL;
-    const struct evkeyval *h;
+    size_t i;
 
-    TAILQ_FOREACH(h, in, next) {
-        size_t size = strlen(h->key) + strlen(h->value) + 3;
+    for (i = 0; i < count; i++) {
+        const struct jg_http_field *h = &fields[i];
+        size_t size = strlen(h->name) + strlen(h->value) + 3;
         char *line;
 
-        if (name_in(h->key, hop_by_hop, JG_ARRAY_LEN(hop_by_hop)))
+        if (name_in(h->name, hop_by_hop, JG_ARRAY_LEN(hop_by_hop)))
             continue;
-        if (listed_in_connection(in, h->key))
+        if (jg_http_connection_lists(req, h->name))
             continue;
         if (allowlist &&
-            !name_in(h->key, job_allowlist, JG_ARRAY_LEN(job_allowlist)))
+            !name_in(h->name, job_allowlist, JG_ARRAY_LEN(job_allowlist)))
             continue;
         /*
          * The job route sends exactly the credential it hashed, so the
          * upstream's verdict is about that credential and no other.
          */
-        if (allowlist && is_credential_header(h->key) &&
+        if (allowlist && is_credential_header(h->name) &&
             (credential_header == NULL ||
-             strcasecmp(h->key, credential_header) != 0))
+             strcasecmp(h->name, credential_header) != 0))
             continue;
 
         /* "Name;" is libcurl's spelling of a header with an empty value. */
         line = jg_malloc(size);
         if (h->value[0] == '\0')
-            snprintf(line, size, "%s;", h->key);
+            snprintf(line, size, "%s;", h->name);
         else
-            snprintf(line, size, "%s: %s", h->key, h->value);
+            snprintf(line, size, "%s: %s", h->name, h->value);
         list = curl_slist_append(list, line);
         jg_free(line);
     }
@@ -129,20 +103,25 @@ jg_forward_headers(const struct evkeyvalq *in, int allowlist,
      * libcurl adds an Accept field when the client sent none; an empty
      * value keeps the request as the client made it.
      */
-    if (evhttp_find_header(in, "Accept") == NULL)
+    if (jg_http_find(req, "Accept") == NULL)
         list = curl_slist_append(list, "Accept:");
     return list;
 }
 
+/* jobgate writes these itself on every answer. */
+static const char *const own_fields[] = {"Date", "Cache-Status"};
+
 void
-jg_copy_response_headers(const struct evkeyvalq *from, struct evkeyvalq *to)
+jg_copy_response_headers(const struct evkeyvalq *from,
+                         struct jg_http_request *to)
 {
     const struct evkeyval *h;
 
     TAILQ_FOREACH(h, from, next) {
-        if (name_in(h->key, hop_by_hop, JG_ARRAY_LEN(hop_by_hop)))
+        if (name_in(h->key, hop_by_hop, JG_ARRAY_LEN(hop_by_hop)) ||
+            name_in(h->key, own_fields, JG_ARRAY_LEN(own_fields)))
             continue;
-        evhttp_add_header(to, h->key, h->value);
+        jg_http_add_header(to, h->key, h->value);
     }
 }
 
@@ -179,18 +158,16 @@ jg_status_reason(int status)
 }
 
 void
-jg_reply_detail(struct jg_server *srv, struct evhttp_request *req, int status,
-                const char *message)
+jg_reply_detail(struct jg_server *srv, struct jg_http_request *req,
+                int status, const char *message)
 {
-    struct evbuffer *body = evbuffer_new();
-    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    char body[256];
+    int len;
 
     /* Messages are fixed strings of ours: nothing in them needs escaping. */
-    evbuffer_add_printf(body, "{\"detail\":\"%s\"}", message);
-    evhttp_remove_header(out, "Content-Type");
-    evhttp_add_header(out, "Content-Type", "application/json");
-    jg_server_reply(srv, req, status, body);
-    evbuffer_free(body);
+    len = snprintf(body, sizeof(body), "{\"detail\":\"%s\"}", message);
+    jg_http_add_header(req, "Content-Type", "application/json");
+    jg_server_reply(srv, req, status, body, (size_t)len);
 }
 
 void
@@ -218,36 +195,18 @@ jg_access_log(const char *route, const char *method, int status,
 /* One pass-through exchange, alive from request to answer. */
 struct passthrough {
     struct jg_server *srv;
-    struct evhttp_request *req;
+    struct jg_http_request *req;
     char method[16];
     char *path;
     uint64_t started_ms;
 };
-
-static const char *
-method_name(enum evhttp_cmd_type type)
-{
-    switch (type) {
-    case EVHTTP_REQ_GET: return "GET";
-    case EVHTTP_REQ_POST: return "POST";
-    case EVHTTP_REQ_HEAD: return "HEAD";
-    case EVHTTP_REQ_PUT: return "PUT";
-    case EVHTTP_REQ_DELETE: return "DELETE";
-    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-    case EVHTTP_REQ_TRACE: return "TRACE";
-    case EVHTTP_REQ_CONNECT: return "CONNECT";
-    case EVHTTP_REQ_PATCH: return "PATCH";
-    default: return NULL;
-    }
-}
 
 static void
 passthrough_done(const struct jg_upstream_response *resp, void *arg)
 {
     struct passthrough *pt = arg;
     struct jg_server *srv = pt->srv;
-    struct evhttp_request *req = pt->req;
-    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    struct jg_http_request *req = pt->req;
     int status;
 
     if (resp->error != JG_FETCH_OK) {
@@ -260,16 +219,16 @@ passthrough_done(const struct jg_upstream_response *resp, void *arg)
             srv->metrics.upstream_errors++;
         jg_log_warn("upstream %s %s failed: %s (%s)", pt->method, pt->path,
                     jg_fetch_error_name(resp->error), resp->error_text);
-        evhttp_add_header(out, "Cache-Status", "jobgate; fwd=bypass");
+        jg_http_add_header(req, "Cache-Status", "jobgate; fwd=bypass");
         jg_reply_detail(srv, req, status,
                         status == 504   ? "upstream timed out"
                         : status == 503 ? "shutting down"
                                         : "upstream request failed");
     } else {
         status = (int)resp->status;
-        jg_copy_response_headers(resp->headers, out);
-        evhttp_add_header(out, "Cache-Status", "jobgate; fwd=bypass");
-        jg_server_reply(srv, req, status, resp->body);
+        jg_copy_response_headers(resp->headers, req);
+        jg_http_add_header(req, "Cache-Status", "jobgate; fwd=bypass");
+        jg_server_reply_buffer(srv, req, status, resp->body);
     }
 
     jg_access_log("passthrough", pt->method, status, "bypass",
@@ -281,20 +240,19 @@ passthrough_done(const struct jg_upstream_response *resp, void *arg)
 }
 
 void
-jg_passthrough_start(struct jg_server *srv, struct evhttp_request *req,
+jg_passthrough_start(struct jg_server *srv, struct jg_http_request *req,
                      const char *target, uint64_t started_ms)
 {
-    const char *method = method_name(evhttp_request_get_command(req));
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    const char *method = jg_http_method_name(req);
     struct passthrough *pt;
     struct curl_slist *headers;
-    size_t body_len = evbuffer_get_length(in);
-    const void *body = NULL;
+    size_t body_len;
+    const void *body = jg_http_body(req, &body_len);
 
-    if (method == NULL || strcmp(method, "CONNECT") == 0 ||
-        strcmp(method, "TRACE") == 0) {
+    /* Methods outside the set the upstream serves are not relayed. */
+    if (jg_http_method(req) == JG_HTTP_OTHER) {
         jg_reply_detail(srv, req, 405, "method not allowed");
-        jg_access_log("passthrough", method ? method : "?", 405, "none", -1,
+        jg_access_log("passthrough", method, 405, "none", -1,
                       jg_now_ms() - started_ms, NULL, target);
         jg_server_request_done(srv);
         return;
@@ -307,10 +265,7 @@ jg_passthrough_start(struct jg_server *srv, struct evhttp_request *req,
     pt->path = jg_strndup(target, strcspn(target, "?"));
     pt->started_ms = started_ms;
 
-    headers = jg_forward_headers(evhttp_request_get_input_headers(req), 0,
-                                 NULL);
-    if (body_len > 0)
-        body = evbuffer_pullup(in, -1);
+    headers = jg_forward_headers(req, 0, NULL);
 
     srv->metrics.upstream_requests++;
     jg_upstream_fetch(srv->upstream, method, target, headers, body, body_len,

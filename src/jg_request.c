@@ -14,10 +14,11 @@
  * 401 or 403 earned by another credential, or a job of an organization its
  * credential is not proven for) sends a fetch of its own instead.
  *
- * A client that disconnects while waiting stays in its flight: evhttp keeps
- * the request object until it is answered exactly once, and frees it then
- * when the connection is gone, so a waiter never frees anything another
- * waiter uses. The fetch itself continues, since its answer may be cached.
+ * A client that disconnects while waiting stays in its flight: the HTTP
+ * server keeps the request until it is answered exactly once and notices
+ * the closed connection only then, so a waiter never frees anything
+ * another waiter uses. The fetch itself continues, since its answer may be
+ * cached.
  */
 #include <sys/queue.h>
 
@@ -25,6 +26,7 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <strings.h>
 #include <inttypes.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -33,6 +35,7 @@
 #include <string.h>
 
 #include "jobgate/jg_cache.h"
+#include "jobgate/jg_http.h"
 #include "jobgate/jg_inspect.h"
 #include "jobgate/jg_log.h"
 #include "jobgate/jg_principal.h"
@@ -85,7 +88,7 @@ struct jg_flight {
 
 struct job_request {
     struct jg_server *srv;
-    struct evhttp_request *req;
+    struct jg_http_request *req;
     enum job_state state;
     const char *route;            /* "job" or "public-job" */
     char *target;                 /* path and query, forwarded as received */
@@ -190,37 +193,31 @@ etag_matches(const char *if_none_match, const char *etag)
 static void
 reply_hit(struct job_request *jr, const struct jg_entry *entry, int64_t now)
 {
-    struct evkeyvalq *in = evhttp_request_get_input_headers(jr->req);
-    struct evkeyvalq *out = evhttp_request_get_output_headers(jr->req);
-    const char *inm = evhttp_find_header(in, "If-None-Match");
+    const char *inm = jg_http_find(jr->req, "If-None-Match");
     char etag[JG_ENTRY_ETAG_STR_LEN];
     char ctype[256];
     char age[24];
     int status = entry->http_status;
-    struct evbuffer *body;
 
     set_state(jr, JOB_REPLYING);
     jg_entry_format_etag(entry, etag);
     snprintf(age, sizeof(age), "%" PRId64,
              now > entry->stored_at ? now - entry->stored_at : 0);
-    evhttp_add_header(out, "Cache-Status", "jobgate; hit");
-    evhttp_add_header(out, "Age", age);
-    evhttp_add_header(out, "ETag", etag);
+    jg_http_add_header(jr->req, "Cache-Status", "jobgate; hit");
+    jg_http_add_header(jr->req, "Age", age);
+    jg_http_add_header(jr->req, "ETag", etag);
 
     if (inm != NULL && etag_matches(inm, etag)) {
         jr->srv->metrics.not_modified++;
-        jg_server_reply(jr->srv, jr->req, 304, NULL);
+        jg_server_reply(jr->srv, jr->req, 304, NULL, 0);
         job_request_done(jr, 304, "hit", -1);
         return;
     }
 
     snprintf(ctype, sizeof(ctype), "%.*s", (int)entry->content_type_len,
              entry->content_type);
-    evhttp_add_header(out, "Content-Type", ctype);
-    body = evbuffer_new();
-    evbuffer_add(body, entry->body, entry->body_len);
-    jg_server_reply(jr->srv, jr->req, status, body);
-    evbuffer_free(body);
+    jg_http_add_header(jr->req, "Content-Type", ctype);
+    jg_server_reply(jr->srv, jr->req, status, entry->body, entry->body_len);
     job_request_done(jr, status, "hit", -1);
 }
 
@@ -487,7 +484,6 @@ may_share(const struct jg_flight *flight, const struct job_request *jr,
 static void
 reply_upstream_error(struct job_request *jr, const struct outcome *oc)
 {
-    struct evkeyvalq *out = evhttp_request_get_output_headers(jr->req);
     enum jg_fetch_error err = oc->resp->error;
     char cache_status[128];
 
@@ -495,7 +491,7 @@ reply_upstream_error(struct job_request *jr, const struct outcome *oc)
              "jobgate; fwd=%s; detail=upstream-%s%s",
              jr->refresh ? "request" : (jr->stale ? "stale" : "miss"),
              jg_fetch_error_name(err), jr->collapsed ? "; collapsed" : "");
-    evhttp_add_header(out, "Cache-Status", cache_status);
+    jg_http_add_header(jr->req, "Cache-Status", cache_status);
     jg_reply_detail(jr->srv, jr->req, oc->status,
                     err == JG_FETCH_TIMEOUT     ? "upstream timed out"
                     : err == JG_FETCH_TOO_LARGE ? "upstream response too large"
@@ -507,9 +503,7 @@ reply_upstream_error(struct job_request *jr, const struct outcome *oc)
 static void
 reply_upstream(struct job_request *jr, const struct outcome *oc)
 {
-    struct evkeyvalq *out = evhttp_request_get_output_headers(jr->req);
     char cache_status[160];
-    struct evbuffer *body;
 
     set_state(jr, JOB_REPLYING);
     if (oc->resp->error != JG_FETCH_OK) {
@@ -517,7 +511,7 @@ reply_upstream(struct job_request *jr, const struct outcome *oc)
         return;
     }
 
-    jg_copy_response_headers(oc->resp->headers, out);
+    jg_copy_response_headers(oc->resp->headers, jr->req);
     snprintf(cache_status, sizeof(cache_status),
              "jobgate; fwd=%s; fwd-status=%d%s%s%s",
              jr->refresh ? "request" : (jr->stale ? "stale" : "miss"),
@@ -527,13 +521,8 @@ reply_upstream(struct job_request *jr, const struct outcome *oc)
     if (jr->collapsed)
         strncat(cache_status, "; collapsed",
                 sizeof(cache_status) - strlen(cache_status) - 1);
-    evhttp_remove_header(out, "Cache-Status");
-    evhttp_add_header(out, "Cache-Status", cache_status);
-
-    body = evbuffer_new();
-    evbuffer_add(body, oc->body, oc->body_len);
-    jg_server_reply(jr->srv, jr->req, oc->status, body);
-    evbuffer_free(body);
+    jg_http_add_header(jr->req, "Cache-Status", cache_status);
+    jg_server_reply(jr->srv, jr->req, oc->status, oc->body, oc->body_len);
     job_request_done(jr, oc->status, oc->stored ? "stored" : "miss",
                      (long)oc->resp->elapsed_ms);
 }
@@ -619,8 +608,7 @@ flight_start(struct job_request *jr, bool shareable)
     flight_add_waiter(flight, jr);
     set_state(jr, JOB_FETCHING);
 
-    headers = jg_forward_headers(evhttp_request_get_input_headers(jr->req), 1,
-                                 jr->cred_header);
+    headers = jg_forward_headers(jr->req, 1, jr->cred_header);
     srv->metrics.upstream_requests++;
     jg_upstream_fetch(srv->upstream, "GET", jr->target, headers, NULL, 0,
                       flight_done, flight);
@@ -651,12 +639,11 @@ add_json_string(struct evbuffer *out, const char *s, size_t len)
 }
 
 static void
-reply_validation_error(struct jg_server *srv, struct evhttp_request *req,
+reply_validation_error(struct jg_server *srv, struct jg_http_request *req,
                        enum jg_uuid_status st, const char *segment,
                        size_t len, const char *path, uint64_t started_ms)
 {
     struct evbuffer *body = evbuffer_new();
-    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
     char *raw = jg_strndup(segment, len);
     size_t decoded_len = 0;
     char *decoded = evhttp_uridecode(raw, 0, &decoded_len);
@@ -680,8 +667,9 @@ reply_validation_error(struct jg_server *srv, struct evhttp_request *req,
     free(decoded);
     jg_free(raw);
 
-    evhttp_add_header(out, "Content-Type", "application/json");
-    jg_server_reply(srv, req, 422, body);
+    jg_http_add_header(req, "Content-Type", "application/json");
+    jg_server_reply(srv, req, 422, evbuffer_pullup(body, -1),
+                    evbuffer_get_length(body));
     evbuffer_free(body);
     srv->metrics.requests_invalid++;
     jg_access_log("invalid", "GET", 422, "none", -1,
@@ -690,10 +678,10 @@ reply_validation_error(struct jg_server *srv, struct evhttp_request *req,
 }
 
 static void
-read_cache_control(struct job_request *jr, const struct evkeyvalq *in)
+read_cache_control(struct job_request *jr)
 {
-    const char *cc = evhttp_find_header(in, "Cache-Control");
-    const char *pragma = evhttp_find_header(in, "Pragma");
+    const char *cc = jg_http_find(jr->req, "Cache-Control");
+    const char *pragma = jg_http_find(jr->req, "Pragma");
 
     if (cc != NULL) {
         jr->refresh = header_has_token(cc, "no-cache") ||
@@ -722,7 +710,7 @@ owner_tag(const struct jg_server *srv, const char *token, size_t len,
 }
 
 static void
-read_credential(struct job_request *jr, const struct evkeyvalq *in)
+read_credential(struct job_request *jr)
 {
     static const char *const header_names[] = {
         [JG_CRED_GALILEO_KEY] = "Galileo-API-Key",
@@ -734,9 +722,9 @@ read_credential(struct job_request *jr, const struct evkeyvalq *in)
     size_t len;
 
     source = jg_credential_extract(
-        jg_find_end_to_end_header(in, "Galileo-API-Key"),
-        jg_find_end_to_end_header(in, "Splunk-AO-API-Key"),
-        jg_find_end_to_end_header(in, "Authorization"), &token, &len);
+        jg_http_find_end_to_end(jr->req, "Galileo-API-Key"),
+        jg_http_find_end_to_end(jr->req, "Splunk-AO-API-Key"),
+        jg_http_find_end_to_end(jr->req, "Authorization"), &token, &len);
     if (source == JG_CRED_NONE) {
         snprintf(jr->fingerprint, sizeof(jr->fingerprint), "-");
         return;
@@ -751,11 +739,10 @@ read_credential(struct job_request *jr, const struct evkeyvalq *in)
 
 /* Serve a cached-route GET whose id segment is segment[0..len). */
 static void
-job_route(struct jg_server *srv, struct evhttp_request *req,
+job_route(struct jg_server *srv, struct jg_http_request *req,
           const char *route, const char *segment, size_t len,
           const char *target, uint64_t started_ms)
 {
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     struct job_request *jr;
     uint8_t job[JG_UUID_LEN];
     enum jg_uuid_status st;
@@ -779,8 +766,8 @@ job_route(struct jg_server *srv, struct evhttp_request *req,
     jr->path = jg_strndup(target, path_len);
     jr->started_ms = started_ms;
     memcpy(jr->job, job, JG_UUID_LEN);
-    read_credential(jr, in);
-    read_cache_control(jr, in);
+    read_credential(jr);
+    read_cache_control(jr);
     set_state(jr, JOB_VALIDATED);
 
     if (jr->has_cred && !jr->refresh && lookup(jr))
@@ -789,9 +776,8 @@ job_route(struct jg_server *srv, struct evhttp_request *req,
 
     if (jr->only_if_cached) {
         srv->metrics.only_if_cached_misses++;
-        evhttp_add_header(evhttp_request_get_output_headers(req),
-                          "Cache-Status",
-                          "jobgate; fwd=miss; detail=only-if-cached");
+        jg_http_add_header(req, "Cache-Status",
+                           "jobgate; fwd=miss; detail=only-if-cached");
         jg_reply_detail(srv, req, 504, "not cached");
         job_request_done(jr, 504, "miss", -1);
         return;
@@ -799,140 +785,42 @@ job_route(struct jg_server *srv, struct evhttp_request *req,
     miss(jr);
 }
 
-/* RFC 9110 token characters, the only ones a field name may use. */
-static bool
-is_token(const char *s)
-{
-    const char *p;
-
-    if (*s == '\0')
-        return false;
-    for (p = s; *p != '\0'; p++) {
-        unsigned char c = (unsigned char)*p;
-
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-            (c >= '0' && c <= '9') || strchr("!#$%&'*+-.^_`|~", c) != NULL)
-            continue;
-        return false;
-    }
-    return true;
-}
-
-static bool
-is_field_value(const char *s)
-{
-    const unsigned char *p;
-
-    for (p = (const unsigned char *)s; *p != '\0'; p++) {
-        if ((*p < 0x20 && *p != '\t') || *p == 0x7f)
-            return false;
-    }
-    return true;
-}
-
-static bool
-is_decimal(const char *s)
-{
-    return *s != '\0' && strspn(s, "0123456789") == strlen(s);
-}
-
 /*
- * Reject what different parsers could read differently: invalid field
- * names or values (a space before the colon hides a Transfer-Encoding from
- * some and not others), ambiguous framing, and a credential header given
- * twice, which could make jobgate and the upstream check different values.
+ * Reject a credential header given twice, which could make jobgate and the
+ * upstream check different values. The HTTP server has already rejected
+ * invalid fields and ambiguous framing.
  */
 static const char *
-header_problem(const struct evkeyvalq *in)
+header_problem(const struct jg_http_request *req)
 {
-    const struct evkeyval *h;
-    const char *te = NULL;
-    int content_lengths = 0;
+    const struct jg_http_field *fields = jg_http_fields(req);
+    size_t count = jg_http_field_count(req);
     int credentials[3] = {0, 0, 0};
-    int hosts = 0;
+    size_t i;
 
-    TAILQ_FOREACH(h, in, next) {
-        if (!is_token(h->key) || !is_field_value(h->value))
-            return "invalid header field";
-        if (strcasecmp(h->key, "Host") == 0)
-            hosts++;
-        if (strcasecmp(h->key, "Galileo-API-Key") == 0)
+    for (i = 0; i < count; i++) {
+        if (strcasecmp(fields[i].name, "Galileo-API-Key") == 0)
             credentials[0]++;
-        else if (strcasecmp(h->key, "Splunk-AO-API-Key") == 0)
+        else if (strcasecmp(fields[i].name, "Splunk-AO-API-Key") == 0)
             credentials[1]++;
-        else if (strcasecmp(h->key, "Authorization") == 0)
+        else if (strcasecmp(fields[i].name, "Authorization") == 0)
             credentials[2]++;
-        if (strcasecmp(h->key, "Content-Length") == 0) {
-            if (!is_decimal(h->value))
-                return "invalid Content-Length";
-            content_lengths++;
-        }
-        else if (strcasecmp(h->key, "Transfer-Encoding") == 0) {
-            if (te != NULL)
-                return "ambiguous message framing";
-            te = h->value;
-        }
     }
-    if (content_lengths > 1 ||
-        (te != NULL &&
-         (content_lengths > 0 || strcasecmp(te, "chunked") != 0)))
-        return "ambiguous message framing";
     if (credentials[0] > 1 || credentials[1] > 1 || credentials[2] > 1)
         return "a credential header given more than once";
-    if (hosts > 1)
-        return "more than one Host header";
     return NULL;
 }
 
-/* Printable ASCII only: no spaces, controls or bytes above 0x7e. */
-static bool
-is_valid_target(const char *target)
-{
-    const unsigned char *p;
-
-    for (p = (const unsigned char *)target; *p != '\0'; p++) {
-        if (*p <= 0x20 || *p >= 0x7f)
-            return false;
-    }
-    return true;
-}
-
 static void
-reply_bad_request(struct jg_server *srv, struct evhttp_request *req,
+reply_bad_request(struct jg_server *srv, struct jg_http_request *req,
                   const char *message, const char *target, uint64_t started)
 {
     /* The connection cannot be trusted to frame another request. */
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Connection",
-                      "close");
+    jg_http_set_close(req);
     jg_reply_detail(srv, req, 400, message);
     srv->metrics.requests_invalid++;
     jg_access_log("invalid", "-", 400, "none", -1, jg_now_ms() - started,
                   NULL, target);
-    jg_server_request_done(srv);
-}
-
-static size_t
-count_headers(const struct evkeyvalq *in)
-{
-    const struct evkeyval *h;
-    size_t count = 0;
-
-    TAILQ_FOREACH(h, in, next)
-        count++;
-    return count;
-}
-
-/* Answer a request over a client limit and close its connection. */
-static void
-reply_limit(struct jg_server *srv, struct evhttp_request *req, int status,
-            const char *message, uint64_t started)
-{
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Connection",
-                      "close");
-    jg_reply_detail(srv, req, status, message);
-    srv->metrics.requests_invalid++;
-    jg_access_log("invalid", "-", status, "none", -1, jg_now_ms() - started,
-                  NULL, "-");
     jg_server_request_done(srv);
 }
 
@@ -972,36 +860,23 @@ match_job_route(const char *target, const char **segment, size_t *len)
 }
 
 void
-jg_request_handle(struct evhttp_request *req, void *arg)
+jg_request_handle(struct jg_http_request *req, void *arg)
 {
     struct jg_server *srv = arg;
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    const char *target = evhttp_request_get_uri(req);
+    const char *target = jg_http_target(req);
     uint64_t started = jg_now_ms();
     const char *problem;
     const char *route;
     const char *segment;
+    size_t body_len;
     size_t len;
 
     srv->metrics.requests++;
     srv->active_requests++;
-    jg_server_note_request(srv, req);
 
-    if (target != NULL && strlen(target) > srv->cfg.max_uri_bytes) {
-        reply_limit(srv, req, 414, "request target too long", started);
-        return;
-    }
-    if (count_headers(in) > srv->cfg.max_headers) {
-        reply_limit(srv, req, 431, "too many header fields", started);
-        return;
-    }
-    problem = header_problem(in);
+    problem = header_problem(req);
     if (problem != NULL) {
         reply_bad_request(srv, req, problem, "-", started);
-        return;
-    }
-    if (target == NULL || !is_valid_target(target)) {
-        reply_bad_request(srv, req, "invalid request target", "-", started);
         return;
     }
     /* Only origin-form targets, because an absolute-form one names a host,
@@ -1013,15 +888,13 @@ jg_request_handle(struct evhttp_request *req, void *arg)
     }
 
     route = match_job_route(target, &segment, &len);
-    if (route == NULL || evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+    if (route == NULL || jg_http_method(req) != JG_HTTP_GET) {
         srv->metrics.requests_passthrough++;
         jg_passthrough_start(srv, req, target, started);
         return;
     }
-    if (evhttp_find_header(in, "Transfer-Encoding") != NULL ||
-        evbuffer_get_length(evhttp_request_get_input_buffer(req)) > 0 ||
-        (evhttp_find_header(in, "Content-Length") != NULL &&
-         strcmp(evhttp_find_header(in, "Content-Length"), "0") != 0)) {
+    jg_http_body(req, &body_len);
+    if (body_len > 0 || jg_http_find(req, "Transfer-Encoding") != NULL) {
         reply_bad_request(srv, req, "a GET of a job carries no body", target,
                           started);
         return;

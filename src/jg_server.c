@@ -1,27 +1,20 @@
 /*
- * The server's life: binding the proxy and admin listeners, the client
- * limits evhttp does not enforce by itself, the cache write batch of each
- * loop turn, and the drain on SIGTERM or SIGINT.
+ * The server's life: binding the proxy and admin listeners, the cache
+ * write batch of each loop turn, and the drain on SIGTERM or SIGINT.
  *
- * evhttp's own read timeout restarts on every byte, so a client sending one
- * byte at a time could hold a connection forever. jobgate keeps a deadline
- * per connection instead: client_header_timeout_ms from accept to the end
- * of the first request head, and client_timeout_ms from each answer to the
- * end of the next head. evhttp in libevent 2.1 has no hook for a new
- * connection, so the connection is found through the bufferevent that
- * jobgate creates for it, whose callback argument evhttp sets to the
- * connection.
+ * The proxy port is served by jobgate's own HTTP server (jg_http.c), which
+ * enforces the client limits; the admin port by evhttp, whose speed does
+ * not matter there.
  */
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <openssl/rand.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
-#include <event2/keyvalq_struct.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <openssl/rand.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +26,7 @@
 
 #include "jobgate/jg_admin.h"
 #include "jobgate/jg_cache.h"
+#include "jobgate/jg_http.h"
 #include "jobgate/jg_log.h"
 #include "jobgate/jg_principal.h"
 #include "jobgate/jg_request.h"
@@ -40,180 +34,7 @@
 #include "jobgate/jg_upstream.h"
 #include "jobgate/jg_util.h"
 
-/* One accepted client connection. */
-struct jg_conn {
-    struct jg_conn *next;            /* bucket chain */
-    struct jg_server *srv;
-    struct bufferevent *bev;
-    struct evhttp_connection *evcon; /* NULL until adopted */
-    struct event *deadline;
-    struct event *adopt;
-    bool busy;                       /* a request is read and not yet sent */
-};
-
-static size_t
-conn_bucket(const struct jg_server *srv, const void *evcon)
-{
-    return ((uintptr_t)evcon >> 4) % srv->conn_buckets;
-}
-
-static struct jg_conn **
-conn_slot(struct jg_server *srv, const struct evhttp_connection *evcon)
-{
-    struct jg_conn **slot = &srv->conns[conn_bucket(srv, evcon)];
-
-    while (*slot != NULL && (*slot)->evcon != evcon)
-        slot = &(*slot)->next;
-    return slot;
-}
-
-static void
-conn_free(struct jg_conn *conn)
-{
-    event_free(conn->deadline);
-    event_free(conn->adopt);
-    jg_free(conn);
-}
-
-/* evhttp is closing the connection: forget it. */
-static void
-conn_closed(struct evhttp_connection *evcon, void *arg)
-{
-    struct jg_conn *conn = arg;
-    struct jg_server *srv = conn->srv;
-    struct jg_conn **slot = conn_slot(srv, evcon);
-
-    if (*slot == conn) {
-        *slot = conn->next;
-        srv->conn_count--;
-    }
-    conn_free(conn);
-    if (srv->draining && srv->active_requests == 0 && srv->conn_count == 0)
-        event_base_loopexit(srv->base, NULL);
-}
-
-static void
-conn_deadline(evutil_socket_t fd, short what, void *arg)
-{
-    struct jg_conn *conn = arg;
-
-    (void)fd;
-    (void)what;
-    conn->srv->metrics.header_timeouts++;
-    jg_log_debug("closing a connection that sent no complete request in "
-                 "time");
-    /* This runs conn_closed(), which frees conn. */
-    evhttp_connection_free(conn->evcon);
-}
-
-static void
-conn_arm(struct jg_conn *conn, uint64_t ms)
-{
-    struct timeval tv = {
-        .tv_sec = (time_t)(ms / 1000),
-        .tv_usec = (suseconds_t)(ms % 1000) * 1000,
-    };
-
-    evtimer_add(conn->deadline, &tv);
-}
-
-/*
- * Runs in the loop turn of the accept, after evhttp has created the
- * connection and set itself as the bufferevent's callback argument.
- */
-static void
-conn_adopt(evutil_socket_t fd, short what, void *arg)
-{
-    struct jg_conn *conn = arg;
-    struct jg_server *srv = conn->srv;
-    bufferevent_data_cb readcb;
-    void *cbarg = NULL;
-
-    (void)fd;
-    (void)what;
-    bufferevent_getcb(conn->bev, &readcb, NULL, NULL, &cbarg);
-    if (readcb == NULL || cbarg == NULL) {
-        /* evhttp already dropped the connection. */
-        bufferevent_decref(conn->bev);
-        conn_free(conn);
-        return;
-    }
-    bufferevent_decref(conn->bev);
-
-    conn->evcon = cbarg;
-    if (srv->conn_count >= srv->cfg.max_connections) {
-        uint64_t now = jg_now_ms();
-
-        srv->metrics.connections_rejected++;
-        /* One line a second at most: a flood must not flood the log. */
-        if (now - srv->last_reject_log_ms >= 1000) {
-            jg_log_warn("closing new connections: max_connections (%llu) "
-                        "reached; %llu rejected so far",
-                        (unsigned long long)srv->cfg.max_connections,
-                        (unsigned long long)
-                            srv->metrics.connections_rejected);
-            srv->last_reject_log_ms = now;
-        }
-        conn_free(conn);
-        evhttp_connection_free(cbarg);
-        return;
-    }
-
-    conn->next = srv->conns[conn_bucket(srv, conn->evcon)];
-    srv->conns[conn_bucket(srv, conn->evcon)] = conn;
-    srv->conn_count++;
-    srv->metrics.connections_accepted++;
-    evhttp_connection_set_closecb(conn->evcon, conn_closed, conn);
-    conn_arm(conn, srv->cfg.client_header_timeout_ms);
-}
-
-/* evhttp's hook for the bufferevent of each accepted connection. */
-static struct bufferevent *
-conn_new_bufferevent(struct event_base *base, void *arg)
-{
-    struct jg_server *srv = arg;
-    struct jg_conn *conn = jg_calloc(1, sizeof(*conn));
-
-    conn->srv = srv;
-    conn->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (conn->bev == NULL) {
-        jg_log_error("cannot create a bufferevent for a new connection");
-        jg_free(conn);
-        return NULL;
-    }
-    conn->deadline = evtimer_new(base, conn_deadline, conn);
-    conn->adopt = event_new(base, -1, 0, conn_adopt, conn);
-
-    /* Keep the bufferevent alive until conn_adopt has looked at it. */
-    bufferevent_incref(conn->bev);
-    event_active(conn->adopt, 0, 0);
-    return conn->bev;
-}
-
-void
-jg_server_note_request(struct jg_server *srv, struct evhttp_request *req)
-{
-    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-    struct jg_conn *conn;
-
-    if (evcon == NULL)
-        return;
-    conn = *conn_slot(srv, evcon);
-    if (conn != NULL) {
-        evtimer_del(conn->deadline);
-        conn->busy = true;
-    }
-}
-
-/* evhttp has written the whole answer of a request. */
-static void
-reply_sent(struct evhttp_request *req, void *arg)
-{
-    struct jg_conn *conn = arg;
-
-    (void)req;
-    conn->busy = false;
-}
+/* ---- answers -------------------------------------------------------- */
 
 void
 jg_server_count_status(struct jg_server *srv, int status)
@@ -223,24 +44,23 @@ jg_server_count_status(struct jg_server *srv, int status)
 }
 
 void
-jg_server_reply(struct jg_server *srv, struct evhttp_request *req,
-                int status, struct evbuffer *body)
+jg_server_reply(struct jg_server *srv, struct jg_http_request *req,
+                int status, const void *body, size_t len)
 {
-    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-
-    if (evcon != NULL) {
-        struct jg_conn *conn = *conn_slot(srv, evcon);
-
-        if (conn != NULL) {
-            conn_arm(conn, srv->cfg.client_timeout_ms);
-            evhttp_request_set_on_complete_cb(req, reply_sent, conn);
-        }
-    }
     if (srv->draining)
-        evhttp_add_header(evhttp_request_get_output_headers(req),
-                          "Connection", "close");
+        jg_http_set_close(req);
     jg_server_count_status(srv, status);
-    evhttp_send_reply(req, status, jg_status_reason(status), body);
+    jg_http_reply(req, status, body, len);
+}
+
+void
+jg_server_reply_buffer(struct jg_server *srv, struct jg_http_request *req,
+                       int status, struct evbuffer *body)
+{
+    if (srv->draining)
+        jg_http_set_close(req);
+    jg_server_count_status(srv, status);
+    jg_http_reply_buffer(req, status, body);
 }
 
 /* ---- cache batch ---------------------------------------------------- */
@@ -265,27 +85,23 @@ jg_server_schedule_flush(struct jg_server *srv)
 /* ---- drain ---------------------------------------------------------- */
 
 /*
- * Close the connections that have no answer being written; the others
- * close once written, because answers sent while draining carry
- * "Connection: close". The loop ends with the last connection.
+ * Close the connections with no request being handled; the others close
+ * after their answer, which carries "Connection: close". The loop ends
+ * with the last connection.
  */
 static void
 close_idle_connections(struct jg_server *srv)
 {
-    size_t i;
+    if (jg_http_close_idle(srv->front) == 0)
+        event_base_loopexit(srv->base, NULL);
+}
 
-    for (i = 0; i < srv->conn_buckets; i++) {
-        struct jg_conn *conn = srv->conns[i];
+static void
+connections_gone(void *arg)
+{
+    struct jg_server *srv = arg;
 
-        while (conn != NULL) {
-            struct jg_conn *next = conn->next;
-
-            if (!conn->busy)
-                evhttp_connection_free(conn->evcon);
-            conn = next;
-        }
-    }
-    if (srv->conn_count == 0)
+    if (srv->draining && srv->active_requests == 0)
         event_base_loopexit(srv->base, NULL);
 }
 
@@ -334,10 +150,7 @@ on_signal(evutil_socket_t sig, short what, void *arg)
     srv->draining = true;
     jg_log_info("received %s, draining %zu requests in flight",
                 sig == SIGTERM ? "SIGTERM" : "SIGINT", srv->active_requests);
-    if (srv->listener != NULL) {
-        evhttp_del_accept_socket(srv->http, srv->listener);
-        srv->listener = NULL;
-    }
+    jg_http_stop_accepting(srv->front);
     evtimer_add(srv->drain_timer, &tv);
     if (srv->active_requests == 0)
         close_idle_connections(srv);
@@ -346,8 +159,7 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 /* ---- listeners ------------------------------------------------------ */
 
 static int
-bind_unix(struct evhttp *http, const char *path,
-          struct evhttp_bound_socket **out)
+bind_unix(const char *path)
 {
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
     struct stat st;
@@ -378,26 +190,20 @@ bind_unix(struct evhttp *http, const char *path,
             close(fd);
         return -1;
     }
-    *out = evhttp_accept_socket_with_handle(http, fd);
-    if (*out == NULL) {
-        close(fd);
-        return -1;
-    }
-    return 0;
+    return fd;
 }
 
 /* Split "host:port" or "[v6]:port"; host is written into hostbuf. */
 static int
 split_host_port(const char *spec, char *hostbuf, size_t hostlen,
-                unsigned *port)
+                char *portbuf, size_t portlen)
 {
     const char *colon = strrchr(spec, ':');
     const char *host = spec;
     size_t len;
-    char *end;
-    unsigned long p;
 
-    if (colon == NULL)
+    if (colon == NULL || strlen(colon + 1) == 0 ||
+        strlen(colon + 1) >= portlen)
         return -1;
     len = (size_t)(colon - spec);
     if (spec[0] == '[') {
@@ -410,22 +216,56 @@ split_host_port(const char *spec, char *hostbuf, size_t hostlen,
         return -1;
     memcpy(hostbuf, host, len);
     hostbuf[len] = '\0';
-
-    errno = 0;
-    p = strtoul(colon + 1, &end, 10);
-    if (errno != 0 || *end != '\0' || end == colon + 1 || p > 65535)
-        return -1;
-    *port = (unsigned)p;
+    memcpy(portbuf, colon + 1, strlen(colon + 1) + 1);
     return 0;
 }
 
-void
-jg_server_log_bound(const char *what, struct evhttp_bound_socket *bound)
+static int
+bind_tcp(const char *spec)
+{
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC,
+        .ai_socktype = SOCK_STREAM,
+        .ai_flags = AI_PASSIVE | AI_NUMERICSERV,
+    };
+    struct addrinfo *res = NULL;
+    char host[256];
+    char port[8];
+    int one = 1;
+    int fd = -1;
+    int rc;
+
+    if (split_host_port(spec, host, sizeof(host), port, sizeof(port)) != 0) {
+        jg_log_error("invalid listen address \"%s\": expected host:port, "
+                     "[ipv6]:port or unix:/path", spec);
+        return -1;
+    }
+    rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0) {
+        jg_log_error("cannot resolve listen address %s: %s", spec,
+                     gai_strerror(rc));
+        return -1;
+    }
+    fd = socket(res->ai_family,
+                res->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+        jg_log_error("cannot listen on %s: %s", spec, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+static void
+log_bound(const char *what, int fd)
 {
     struct sockaddr_storage ss;
     socklen_t len = sizeof(ss);
     char host[INET6_ADDRSTRLEN];
-    evutil_socket_t fd = evhttp_bound_socket_get_fd(bound);
 
     if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
         return;
@@ -446,57 +286,38 @@ jg_server_log_bound(const char *what, struct evhttp_bound_socket *bound)
     }
 }
 
-static int
-bind_listener(struct evhttp *http, const char *spec, const char *what,
-              struct evhttp_bound_socket **out)
+int
+jg_server_bind(const char *spec, const char *what)
 {
-    char host[256];
-    unsigned port;
+    int fd;
 
-    if (strncmp(spec, "unix:", 5) == 0) {
-        if (bind_unix(http, spec + 5, out) != 0)
-            return -1;
-    } else {
-        if (split_host_port(spec, host, sizeof(host), &port) != 0) {
-            jg_log_error("invalid listen address \"%s\": expected host:port,"
-                         " [ipv6]:port or unix:/path", spec);
-            return -1;
-        }
-        *out = evhttp_bind_socket_with_handle(http, host, (ev_uint16_t)port);
-        if (*out == NULL) {
-            jg_log_error("cannot listen on %s: %s", spec, strerror(errno));
-            return -1;
-        }
-    }
-    jg_server_log_bound(what, *out);
-    return 0;
+    if (strncmp(spec, "unix:", 5) == 0)
+        fd = bind_unix(spec + 5);
+    else
+        fd = bind_tcp(spec);
+    if (fd >= 0)
+        log_bound(what, fd);
+    return fd;
 }
 
-static struct evhttp *
+static struct jg_http_server *
 new_front_end(struct jg_server *srv)
 {
     const struct jg_config *cfg = &srv->cfg;
-    struct evhttp *http = evhttp_new(srv->base);
-    struct timeval tv = {
-        .tv_sec = (time_t)(cfg->client_timeout_ms / 1000),
-        .tv_usec = (suseconds_t)(cfg->client_timeout_ms % 1000) * 1000,
+    struct jg_http_limits limits = {
+        .max_header_bytes = cfg->max_header_bytes,
+        .max_headers = cfg->max_headers,
+        .max_uri_bytes = cfg->max_uri_bytes,
+        .max_body_bytes = cfg->max_request_body_bytes,
+        .header_timeout_ms = cfg->client_header_timeout_ms,
+        .idle_timeout_ms = cfg->client_timeout_ms,
+        .max_connections = cfg->max_connections,
     };
+    struct jg_http_server *front;
 
-    /* evhttp counts the request line and the header block against one
-     * limit; the URI and header count limits are checked per request. */
-    evhttp_set_max_headers_size(http, (ev_ssize_t)cfg->max_header_bytes);
-    evhttp_set_max_body_size(http, (ev_ssize_t)cfg->max_request_body_bytes);
-    evhttp_set_timeout_tv(http, &tv);
-    evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_POST |
-                                         EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
-                                         EVHTTP_REQ_DELETE |
-                                         EVHTTP_REQ_OPTIONS |
-                                         EVHTTP_REQ_PATCH);
-    /* Relayed answers keep the upstream's type, or none. */
-    evhttp_set_default_content_type(http, NULL);
-    evhttp_set_bevcb(http, conn_new_bufferevent, srv);
-    evhttp_set_gencb(http, jg_request_handle, srv);
-    return http;
+    front = jg_http_server_new(srv->base, &limits, jg_request_handle, srv);
+    jg_http_set_empty_cb(front, connections_gone, srv);
+    return front;
 }
 
 /*
@@ -582,15 +403,20 @@ open_parts(struct jg_server *srv)
 int
 jg_server_init(struct jg_server *srv, const struct jg_config *cfg)
 {
+    struct event_config *ec;
+    int fd;
+
     memset(srv, 0, sizeof(*srv));
     srv->cfg = *cfg;
     srv->started_ms = jg_now_ms();
     srv->flight_buckets = 1024;
     srv->flights = jg_calloc(srv->flight_buckets, sizeof(*srv->flights));
-    srv->conn_buckets = 4096;
-    srv->conns = jg_calloc(srv->conn_buckets, sizeof(*srv->conns));
 
-    srv->base = event_base_new();
+    /* The changelist folds the epoll_ctl calls of one loop turn into one. */
+    ec = event_config_new();
+    event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    srv->base = event_base_new_with_config(ec);
+    event_config_free(ec);
     if (srv->base == NULL) {
         jg_log_error("cannot create the event loop");
         return -1;
@@ -602,9 +428,9 @@ jg_server_init(struct jg_server *srv, const struct jg_config *cfg)
     if (open_parts(srv) != 0)
         return -1;
 
-    srv->http = new_front_end(srv);
-    if (bind_listener(srv->http, cfg->listen, "listening",
-                      &srv->listener) != 0)
+    srv->front = new_front_end(srv);
+    fd = jg_server_bind(cfg->listen, "listening");
+    if (fd < 0 || jg_http_listen_fd(srv->front, fd) != 0)
         return -1;
     if (cfg->admin_listen[0] != '\0' && jg_admin_init(srv) != 0)
         return -1;
@@ -621,7 +447,6 @@ jg_server_init(struct jg_server *srv, const struct jg_config *cfg)
 int
 jg_server_run(struct jg_server *srv)
 {
-    srv->accepting = true;
     jg_log_info("ready");
     if (event_base_dispatch(srv->base) < 0) {
         jg_log_error("the event loop failed");
@@ -633,9 +458,7 @@ jg_server_run(struct jg_server *srv)
 void
 jg_server_free(struct jg_server *srv)
 {
-    /* Connections first: their close callbacks use the table. */
-    if (srv->http != NULL)
-        evhttp_free(srv->http);
+    jg_http_server_free(srv->front);
     if (srv->admin != NULL)
         evhttp_free(srv->admin);
     if (srv->upstream != NULL)
@@ -657,5 +480,4 @@ jg_server_free(struct jg_server *srv)
     if (strncmp(srv->cfg.listen, "unix:", 5) == 0)
         unlink(srv->cfg.listen + 5);
     jg_free(srv->flights);
-    jg_free(srv->conns);
 }

@@ -8,16 +8,16 @@
 
 #include <stddef.h>
 
-struct evhttp_request;
 struct evkeyvalq;
+struct jg_http_request;
 struct curl_slist;
 struct jg_server;
 
-/* evhttp's generic callback for the proxy port. */
-void jg_request_handle(struct evhttp_request *req, void *arg);
+/* The HTTP server's handler for every request on the proxy port. */
+void jg_request_handle(struct jg_http_request *req, void *arg);
 
 /* Forward req unchanged to the upstream and relay the answer. */
-void jg_passthrough_start(struct jg_server *srv, struct evhttp_request *req,
+void jg_passthrough_start(struct jg_server *srv, struct jg_http_request *req,
                           const char *target, uint64_t started_ms);
 
 /*
@@ -27,20 +27,19 @@ void jg_passthrough_start(struct jg_server *srv, struct evhttp_request *req,
  * otherwise every end-to-end header does. Hop-by-hop headers, Host,
  * Content-Length and Expect never pass. The list is owned by the caller.
  */
-struct curl_slist *jg_forward_headers(const struct evkeyvalq *in,
+struct curl_slist *jg_forward_headers(const struct jg_http_request *req,
                                       int allowlist,
                                       const char *credential_header);
 
-/* A header's value, unless it is absent or listed in Connection. */
-const char *jg_find_end_to_end_header(const struct evkeyvalq *in,
-                                      const char *name);
-
-/* Copy upstream response headers into a reply, skipping framing headers. */
+/*
+ * Copy upstream response headers into a reply, skipping framing headers
+ * and the ones jobgate writes itself (Date, Cache-Status).
+ */
 void jg_copy_response_headers(const struct evkeyvalq *from,
-                              struct evkeyvalq *to);
+                              struct jg_http_request *to);
 
 /* Send a JSON {"detail": message} answer. */
-void jg_reply_detail(struct jg_server *srv, struct evhttp_request *req,
+void jg_reply_detail(struct jg_server *srv, struct jg_http_request *req,
                      int status, const char *message);
 
 /* The reason phrase of an HTTP status code. */

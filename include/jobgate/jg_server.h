@@ -16,15 +16,13 @@
 struct event;
 struct event_base;
 struct evhttp;
-struct evhttp_bound_socket;
-struct evhttp_connection;
-struct evhttp_request;
 struct evbuffer;
 struct jg_cache;
+struct jg_flight;
+struct jg_http_request;
+struct jg_http_server;
 struct jg_principals;
 struct jg_upstream;
-struct jg_flight;
-struct jg_conn;
 
 /* Counters shown on the admin /metrics page; only ever increased. */
 struct jg_metrics {
@@ -45,18 +43,14 @@ struct jg_metrics {
     uint64_t coalesced;              /* requests that joined a fetch */
     uint64_t coalesce_full;          /* joins refused by max_waiters */
     uint64_t refetched;              /* waiters refused the shared answer */
-    uint64_t connections_accepted;
-    uint64_t connections_rejected;   /* over max_connections */
-    uint64_t header_timeouts;
     uint64_t responses[6];           /* by status class: [1] 1xx .. [5] 5xx */
 };
 
 struct jg_server {
     struct jg_config cfg;
     struct event_base *base;
-    struct evhttp *http;
+    struct jg_http_server *front;  /* the proxy port */
     struct evhttp *admin;
-    struct evhttp_bound_socket *listener;
     struct jg_upstream *upstream;
     struct jg_cache *cache;
     struct jg_principals *principals;
@@ -73,12 +67,6 @@ struct jg_server {
      * before one can tell its answer may be stale proof. */
     uint64_t forget_epoch;
 
-    /* Open client connections, keyed by their evhttp connection. */
-    struct jg_conn **conns;
-    size_t conn_buckets;
-    size_t conn_count;
-    bool accepting;
-    uint64_t last_reject_log_ms;
 
     /* Requests received and not yet answered. */
     size_t active_requests;
@@ -109,25 +97,25 @@ void jg_server_schedule_flush(struct jg_server *srv);
 /* Called when a request has been answered, to finish a drain. */
 void jg_server_request_done(struct jg_server *srv);
 
-struct evhttp_bound_socket;
-/* Log the address a listener is bound to, as "<what> on http://a:p". */
-void jg_server_log_bound(const char *what, struct evhttp_bound_socket *bound);
+/*
+ * Bind and listen on "host:port", "[v6]:port" or "unix:/path", and log the
+ * address as "<what> on http://a:p". Returns the socket, or -1 after
+ * logging why.
+ */
+int jg_server_bind(const char *spec, const char *what);
 
 /* Count a response by status class. */
 void jg_server_count_status(struct jg_server *srv, int status);
 
 /*
- * Note that req's head has been read: its connection's header deadline no
- * longer applies while the request is served.
+ * Send the answer of a proxy-port request. Every answer goes through here,
+ * so that the status is counted and answers sent while draining close
+ * their connection.
  */
-void jg_server_note_request(struct jg_server *srv, struct evhttp_request *req);
-
-/*
- * Send the reply of a proxy-port request. Every answer goes through here,
- * so that the connection's keep-alive deadline starts again and the status
- * is counted. body may be NULL.
- */
-void jg_server_reply(struct jg_server *srv, struct evhttp_request *req,
-                     int status, struct evbuffer *body);
+void jg_server_reply(struct jg_server *srv, struct jg_http_request *req,
+                     int status, const void *body, size_t len);
+void jg_server_reply_buffer(struct jg_server *srv,
+                            struct jg_http_request *req, int status,
+                            struct evbuffer *body);
 
 #endif
