@@ -27,6 +27,11 @@ integration_test() {
     JOBGATE_BIN="$PWD/$1/jobgate" node --test tests/integration/
 }
 
+echo "== release build, as scripts/run.sh and the benchmarks make it"
+cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DJOBGATE_TESTS=OFF \
+    >/dev/null
+cmake --build build-release -j"$jobs" --target jobgate
+
 echo "== plain build"
 build_and_unit_test build
 integration_test build

@@ -734,8 +734,11 @@ set_key(struct jg_config *cfg, const struct key_def *def, const char *value,
     char expected[256];
 
     if (parse_value(def, value, field_of(cfg, def))) {
-        snprintf(cfg->origins[def - config_keys],
-                 sizeof(cfg->origins[0]), "%s", origin);
+        char *slot = cfg->origins[def - config_keys];
+        size_t n = strnlen(origin, sizeof(cfg->origins[0]) - 1);
+
+        memcpy(slot, origin, n);
+        slot[n] = '\0';
         return 0;
     }
 
