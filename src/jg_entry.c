@@ -104,16 +104,54 @@ static const char *const status_names[] = {
     [JG_ENTRY_BAD_CHECKSUM] = "bad-checksum",
 };
 
-uint32_t
-jg_crc32c(const void *data, size_t len)
+static uint32_t
+crc32c_by_table(const uint8_t *p, size_t len, uint32_t crc)
 {
-    const uint8_t *p = data;
-    uint32_t crc = 0xffffffffu;
     size_t i;
 
     for (i = 0; i < len; i++)
         crc = crc32c_table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
-    return crc ^ 0xffffffffu;
+    return crc;
+}
+
+#if defined(__x86_64__)
+/*
+ * SSE 4.2's crc32 instruction computes CRC-32C eight bytes at a time,
+ * about eight times fewer instructions than the table on a cache hit,
+ * where every entry read is checked.
+ */
+__attribute__((target("sse4.2"))) static uint32_t
+crc32c_by_instruction(const uint8_t *p, size_t len, uint32_t crc)
+{
+    uint64_t crc64 = crc;
+
+    while (len >= 8) {
+        uint64_t word;
+
+        memcpy(&word, p, sizeof(word));
+        crc64 = __builtin_ia32_crc32di(crc64, word);
+        p += 8;
+        len -= 8;
+    }
+    crc = (uint32_t)crc64;
+    while (len > 0) {
+        crc = __builtin_ia32_crc32qi(crc, *p++);
+        len--;
+    }
+    return crc;
+}
+#endif
+
+uint32_t
+jg_crc32c(const void *data, size_t len)
+{
+    uint32_t crc = 0xffffffffu;
+
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("sse4.2"))
+        return crc32c_by_instruction(data, len, crc) ^ 0xffffffffu;
+#endif
+    return crc32c_by_table(data, len, crc) ^ 0xffffffffu;
 }
 
 static void

@@ -173,9 +173,10 @@ jg_reply_detail(struct jg_server *srv, struct jg_http_request *req,
 void
 jg_access_log(const char *route, const char *method, int status,
               const char *cache, long upstream_ms, uint64_t total_ms,
-              const char *fingerprint, const char *path)
+              const char *fingerprint, const char *target)
 {
     char upstream[24];
+    size_t path_len = strcspn(target, "?");
 
     if (!jg_log_enabled(JG_LOG_INFO))
         return;
@@ -184,12 +185,13 @@ jg_access_log(const char *route, const char *method, int status,
     else
         snprintf(upstream, sizeof(upstream), "%ld", upstream_ms);
 
-    /* The path may hold anything a client sent: cut it and show no quotes. */
+    /* The query may hold secrets and is left out; the path is cut. */
     jg_log_info("access route=%s method=%s status=%d cache=%s upstream_ms=%s "
-                "total_ms=%llu cred=%s path=%.200s",
+                "total_ms=%llu cred=%s path=%.*s",
                 route, method, status, cache, upstream,
                 (unsigned long long)total_ms,
-                fingerprint != NULL ? fingerprint : "-", path);
+                fingerprint != NULL ? fingerprint : "-",
+                (int)(path_len < 200 ? path_len : 200), target);
 }
 
 /* One pass-through exchange, alive from request to answer. */
@@ -251,9 +253,10 @@ jg_passthrough_start(struct jg_server *srv, struct jg_http_request *req,
 
     /* Methods outside the set the upstream serves are not relayed. */
     if (jg_http_method(req) == JG_HTTP_OTHER) {
-        jg_reply_detail(srv, req, 405, "method not allowed");
+        /* Logged first: the method and target end with the reply. */
         jg_access_log("passthrough", method, 405, "none", -1,
                       jg_now_ms() - started_ms, NULL, target);
+        jg_reply_detail(srv, req, 405, "method not allowed");
         jg_server_request_done(srv);
         return;
     }

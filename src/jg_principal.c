@@ -27,6 +27,13 @@
 #include <string.h>
 #include <sys/random.h>
 
+/*
+ * The SHA256_* functions are deprecated in OpenSSL 3.0 in favour of EVP,
+ * but they are still provided, and they let the keyed pad states be
+ * computed once and copied, which EVP_MAC cannot.
+ */
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/sha.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -58,13 +65,14 @@ struct principal {
 
 struct jg_principals {
     /*
-     * Keyed once at creation and re-initialised per hash. One-shot HMAC()
-     * fetches the digest and builds a context on every call. OpenSSL 3.0
-     * still duplicates the digest state inside EVP_MAC_init(), so each hash
-     * costs two small allocations inside libcrypto. The context is shared
-     * state, so one table must not be used from two threads at once.
+     * SHA-256 states after the key's inner and outer pad blocks (RFC 2104),
+     * computed once at creation. A hash copies them and absorbs only the
+     * credential and the inner digest: two compressions for a short
+     * credential, without the allocations and cleansing that EVP_MAC does
+     * on every call, which cost more than the hash itself on the hit path.
      */
-    EVP_MAC_CTX *mac;
+    SHA256_CTX inner;
+    SHA256_CTX outer;
     uint64_t ttl_s;
     size_t max_entries;
     struct principal *entries; /* max_entries slots */
@@ -166,34 +174,43 @@ random_key(uint8_t key[HMAC_KEY_LEN])
     }
 }
 
-static EVP_MAC_CTX *
-make_mac(void)
+/* Absorb the key's inner and outer pad blocks, once. */
+static void
+key_hmac(struct jg_principals *table, const uint8_t key[HMAC_KEY_LEN])
 {
-    uint8_t key[HMAC_KEY_LEN];
-    OSSL_PARAM params[2];
-    EVP_MAC_CTX *ctx;
-    EVP_MAC *mac;
+    uint8_t pad[SHA256_CBLOCK];
+    size_t i;
 
-    mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    if (mac == NULL)
-        fatal("OpenSSL has no HMAC implementation");
-    ctx = EVP_MAC_CTX_new(mac);
-    EVP_MAC_free(mac);
-    if (ctx == NULL)
-        fatal("out of memory creating the HMAC context");
+    memset(pad, 0x36, sizeof(pad));
+    for (i = 0; i < HMAC_KEY_LEN; i++)
+        pad[i] ^= key[i];
+    SHA256_Init(&table->inner);
+    SHA256_Update(&table->inner, pad, sizeof(pad));
 
-    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
-                                                 (char *)"SHA256", 0);
-    params[1] = OSSL_PARAM_construct_end();
-    random_key(key);
-    if (EVP_MAC_init(ctx, key, sizeof(key), params) != 1)
-        fatal("OpenSSL failed to key HMAC-SHA-256");
-    OPENSSL_cleanse(key, sizeof(key));
-    return ctx;
+    memset(pad, 0x5c, sizeof(pad));
+    for (i = 0; i < HMAC_KEY_LEN; i++)
+        pad[i] ^= key[i];
+    SHA256_Init(&table->outer);
+    SHA256_Update(&table->outer, pad, sizeof(pad));
+
+    OPENSSL_cleanse(pad, sizeof(pad));
 }
 
 struct jg_principals *
 jg_principals_create(size_t max_entries, uint64_t ttl_s)
+{
+    uint8_t key[HMAC_KEY_LEN];
+    struct jg_principals *table;
+
+    random_key(key);
+    table = jg_principals_create_keyed(max_entries, ttl_s, key);
+    OPENSSL_cleanse(key, sizeof(key));
+    return table;
+}
+
+struct jg_principals *
+jg_principals_create_keyed(size_t max_entries, uint64_t ttl_s,
+                           const uint8_t key[JG_CRED_HASH_LEN])
 {
     struct jg_principals *table;
     size_t buckets = 8;
@@ -206,7 +223,7 @@ jg_principals_create(size_t max_entries, uint64_t ttl_s)
         buckets *= 2;
 
     table = jg_calloc(1, sizeof(*table));
-    table->mac = make_mac();
+    key_hmac(table, key);
     table->ttl_s = ttl_s;
     table->max_entries = max_entries;
     /* With glibc, a large calloc() usually gets fresh zero pages from the
@@ -227,7 +244,8 @@ jg_principals_free(struct jg_principals *table)
 {
     if (table == NULL)
         return;
-    EVP_MAC_CTX_free(table->mac);
+    OPENSSL_cleanse(&table->inner, sizeof(table->inner));
+    OPENSSL_cleanse(&table->outer, sizeof(table->outer));
     /* Hashes are not secrets, but proofs show which credential may read
      * which organization. */
     OPENSSL_cleanse(table->entries,
@@ -243,15 +261,16 @@ jg_principals_hash(const struct jg_principals *table,
                    uint8_t out[JG_CRED_HASH_LEN])
 {
     unsigned char source_byte = (unsigned char)source;
-    size_t out_len = 0;
+    uint8_t inner_digest[SHA256_DIGEST_LENGTH];
+    SHA256_CTX ctx = table->inner;
 
-    /* A NULL key keeps the key of make_mac() and only resets the state. */
-    if (EVP_MAC_init(table->mac, NULL, 0, NULL) != 1 ||
-        EVP_MAC_update(table->mac, &source_byte, 1) != 1 ||
-        EVP_MAC_update(table->mac, (const unsigned char *)token, len) != 1 ||
-        EVP_MAC_final(table->mac, out, &out_len, JG_CRED_HASH_LEN) != 1 ||
-        out_len != JG_CRED_HASH_LEN)
-        fatal("OpenSSL failed to compute HMAC-SHA-256");
+    SHA256_Update(&ctx, &source_byte, 1);
+    SHA256_Update(&ctx, token, len);
+    SHA256_Final(inner_digest, &ctx);
+
+    ctx = table->outer;
+    SHA256_Update(&ctx, inner_digest, sizeof(inner_digest));
+    SHA256_Final(out, &ctx);
 }
 
 void

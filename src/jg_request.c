@@ -91,8 +91,10 @@ struct job_request {
     struct jg_http_request *req;
     enum job_state state;
     const char *route;            /* "job" or "public-job" */
-    char *target;                 /* path and query, forwarded as received */
-    char *path;                   /* without the query, for logs */
+    const char *target;           /* path and query, forwarded as received;
+                                     owned by the HTTP request */
+    int path_len;                 /* the target up to its query */
+    bool on_heap;                 /* misses live on; hits are on the stack */
     uint8_t job[JG_UUID_LEN];
     bool has_cred;
     uint8_t cred[JG_CRED_HASH_LEN];
@@ -113,7 +115,8 @@ static void flight_start(struct job_request *jr, bool shareable);
 static void
 set_state(struct job_request *jr, enum job_state next)
 {
-    jg_log_debug("job %s cred=%s: %s -> %s", jr->path, jr->fingerprint,
+    jg_log_debug("job %.*s cred=%s: %s -> %s", jr->path_len, jr->target,
+                 jr->fingerprint,
                  state_names[jr->state], state_names[next]);
     jr->state = next;
 }
@@ -121,22 +124,30 @@ set_state(struct job_request *jr, enum job_state next)
 static void
 job_request_free(struct job_request *jr)
 {
-    jg_free(jr->target);
-    jg_free(jr->path);
-    jg_free(jr);
+    if (jr->on_heap)
+        jg_free(jr);
+}
+
+/*
+ * Write the access line of a request. It runs before the reply is sent,
+ * because the target lives in the HTTP request, which the reply ends.
+ */
+static void
+job_request_log(const struct job_request *jr, int status, const char *cache,
+                long upstream_ms)
+{
+    jg_access_log(jr->route, "GET", status, cache, upstream_ms,
+                  jg_now_ms() - jr->started_ms,
+                  jr->has_cred ? jr->fingerprint : NULL, jr->target);
 }
 
 /* Finish a request after its reply was sent. */
 static void
-job_request_done(struct job_request *jr, int status, const char *cache,
-                 long upstream_ms)
+job_request_done(struct job_request *jr)
 {
     struct jg_server *srv = jr->srv;
 
     set_state(jr, JOB_DONE);
-    jg_access_log(jr->route, "GET", status, cache, upstream_ms,
-                  jg_now_ms() - jr->started_ms,
-                  jr->has_cred ? jr->fingerprint : NULL, jr->path);
     job_request_free(jr);
     jg_server_request_done(srv);
 }
@@ -209,16 +220,18 @@ reply_hit(struct job_request *jr, const struct jg_entry *entry, int64_t now)
 
     if (inm != NULL && etag_matches(inm, etag)) {
         jr->srv->metrics.not_modified++;
+        job_request_log(jr, 304, "hit", -1);
         jg_server_reply(jr->srv, jr->req, 304, NULL, 0);
-        job_request_done(jr, 304, "hit", -1);
+        job_request_done(jr);
         return;
     }
 
     snprintf(ctype, sizeof(ctype), "%.*s", (int)entry->content_type_len,
              entry->content_type);
     jg_http_add_header(jr->req, "Content-Type", ctype);
+    job_request_log(jr, status, "hit", -1);
     jg_server_reply(jr->srv, jr->req, status, entry->body, entry->body_len);
-    job_request_done(jr, status, "hit", -1);
+    job_request_done(jr);
 }
 
 /*
@@ -457,7 +470,8 @@ judge_response(struct jg_flight *flight, struct outcome *oc)
         return;
     }
     srv->metrics.not_stored++;
-    jg_log_debug("job %s not stored: %s", flight->waiters->path, oc->detail);
+    jg_log_debug("job %.*s not stored: %s", flight->waiters->path_len,
+                 flight->waiters->target, oc->detail);
 }
 
 /* May this waiter see the answer its flight's leader received? */
@@ -492,12 +506,13 @@ reply_upstream_error(struct job_request *jr, const struct outcome *oc)
              jr->refresh ? "request" : (jr->stale ? "stale" : "miss"),
              jg_fetch_error_name(err), jr->collapsed ? "; collapsed" : "");
     jg_http_add_header(jr->req, "Cache-Status", cache_status);
+    job_request_log(jr, oc->status, "error", (long)oc->resp->elapsed_ms);
     jg_reply_detail(jr->srv, jr->req, oc->status,
                     err == JG_FETCH_TIMEOUT     ? "upstream timed out"
                     : err == JG_FETCH_TOO_LARGE ? "upstream response too large"
                     : err == JG_FETCH_CANCELLED ? "shutting down"
                                                 : "upstream request failed");
-    job_request_done(jr, oc->status, "error", (long)oc->resp->elapsed_ms);
+    job_request_done(jr);
 }
 
 static void
@@ -522,9 +537,10 @@ reply_upstream(struct job_request *jr, const struct outcome *oc)
         strncat(cache_status, "; collapsed",
                 sizeof(cache_status) - strlen(cache_status) - 1);
     jg_http_add_header(jr->req, "Cache-Status", cache_status);
+    job_request_log(jr, oc->status, oc->stored ? "stored" : "miss",
+                    (long)oc->resp->elapsed_ms);
     jg_server_reply(jr->srv, jr->req, oc->status, oc->body, oc->body_len);
-    job_request_done(jr, oc->status, oc->stored ? "stored" : "miss",
-                     (long)oc->resp->elapsed_ms);
+    job_request_done(jr);
 }
 
 static void
@@ -547,8 +563,9 @@ flight_done(const struct jg_upstream_response *resp, void *arg)
             srv->metrics.upstream_timeouts++;
         else
             srv->metrics.upstream_errors++;
-        jg_log_warn("upstream GET %s failed after %" PRIu64 " ms: %s (%s)",
-                    flight->waiters->path, resp->elapsed_ms,
+        jg_log_warn("upstream GET %.*s failed after %" PRIu64 " ms: %s (%s)",
+                    flight->waiters->path_len, flight->waiters->target,
+                    resp->elapsed_ms,
                     jg_fetch_error_name(resp->error), resp->error_text);
     } else {
         oc.status = (int)resp->status;
@@ -668,12 +685,12 @@ reply_validation_error(struct jg_server *srv, struct jg_http_request *req,
     jg_free(raw);
 
     jg_http_add_header(req, "Content-Type", "application/json");
-    jg_server_reply(srv, req, 422, evbuffer_pullup(body, -1),
-                    evbuffer_get_length(body));
-    evbuffer_free(body);
     srv->metrics.requests_invalid++;
     jg_access_log("invalid", "GET", 422, "none", -1,
                   jg_now_ms() - started_ms, NULL, path);
+    jg_server_reply(srv, req, 422, evbuffer_pullup(body, -1),
+                    evbuffer_get_length(body));
+    evbuffer_free(body);
     jg_server_request_done(srv);
 }
 
@@ -743,43 +760,46 @@ job_route(struct jg_server *srv, struct jg_http_request *req,
           const char *route, const char *segment, size_t len,
           const char *target, uint64_t started_ms)
 {
-    struct job_request *jr;
+    struct job_request on_stack = {0};
+    struct job_request *jr = &on_stack;
     uint8_t job[JG_UUID_LEN];
     enum jg_uuid_status st;
-    size_t path_len = strcspn(target, "?");
 
     st = jg_uuid_parse_segment(segment, len, job);
     if (st != JG_UUID_OK) {
-        char *path = jg_strndup(target, path_len);
-
-        reply_validation_error(srv, req, st, segment, len, path, started_ms);
-        jg_free(path);
+        reply_validation_error(srv, req, st, segment, len, target,
+                               started_ms);
         return;
     }
 
     srv->metrics.requests_job++;
-    jr = jg_calloc(1, sizeof(*jr));
     jr->srv = srv;
     jr->req = req;
     jr->route = route;
-    jr->target = jg_strdup(target);
-    jr->path = jg_strndup(target, path_len);
+    jr->target = target;
+    jr->path_len = (int)strcspn(target, "?");
     jr->started_ms = started_ms;
     memcpy(jr->job, job, JG_UUID_LEN);
     read_credential(jr);
     read_cache_control(jr);
     set_state(jr, JOB_VALIDATED);
 
+    /* A hit is answered from the stack; only a miss needs to outlive this
+     * call. */
     if (jr->has_cred && !jr->refresh && lookup(jr))
         return;
+    jr = jg_malloc(sizeof(*jr));
+    *jr = on_stack;
+    jr->on_heap = true;
     set_state(jr, JOB_LOOKED_UP);
 
     if (jr->only_if_cached) {
         srv->metrics.only_if_cached_misses++;
         jg_http_add_header(req, "Cache-Status",
                            "jobgate; fwd=miss; detail=only-if-cached");
+        job_request_log(jr, 504, "miss", -1);
         jg_reply_detail(srv, req, 504, "not cached");
-        job_request_done(jr, 504, "miss", -1);
+        job_request_done(jr);
         return;
     }
     miss(jr);
@@ -799,11 +819,14 @@ header_problem(const struct jg_http_request *req)
     size_t i;
 
     for (i = 0; i < count; i++) {
-        if (strcasecmp(fields[i].name, "Galileo-API-Key") == 0)
+        size_t n = fields[i].name_len;
+
+        if (n == 15 && strcasecmp(fields[i].name, "Galileo-API-Key") == 0)
             credentials[0]++;
-        else if (strcasecmp(fields[i].name, "Splunk-AO-API-Key") == 0)
+        else if (n == 17 &&
+                 strcasecmp(fields[i].name, "Splunk-AO-API-Key") == 0)
             credentials[1]++;
-        else if (strcasecmp(fields[i].name, "Authorization") == 0)
+        else if (n == 13 && strcasecmp(fields[i].name, "Authorization") == 0)
             credentials[2]++;
     }
     if (credentials[0] > 1 || credentials[1] > 1 || credentials[2] > 1)
@@ -817,10 +840,10 @@ reply_bad_request(struct jg_server *srv, struct jg_http_request *req,
 {
     /* The connection cannot be trusted to frame another request. */
     jg_http_set_close(req);
-    jg_reply_detail(srv, req, 400, message);
     srv->metrics.requests_invalid++;
     jg_access_log("invalid", "-", 400, "none", -1, jg_now_ms() - started,
                   NULL, target);
+    jg_reply_detail(srv, req, 400, message);
     jg_server_request_done(srv);
 }
 

@@ -61,6 +61,7 @@ enum jg_http_method {
 /* One header field of a request; both strings are NUL-terminated. */
 struct jg_http_field {
     const char *name;
+    size_t name_len;
     const char *value;
 };
 

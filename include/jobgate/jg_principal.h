@@ -62,6 +62,9 @@ struct jg_principals;
  */
 struct jg_principals *jg_principals_create(size_t max_entries,
                                            uint64_t ttl_s);
+/* The same with a given HMAC key, for tests that check the hash. */
+struct jg_principals *jg_principals_create_keyed(
+    size_t max_entries, uint64_t ttl_s, const uint8_t key[JG_CRED_HASH_LEN]);
 void jg_principals_free(struct jg_principals *table);
 
 /*

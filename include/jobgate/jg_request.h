@@ -45,9 +45,12 @@ void jg_reply_detail(struct jg_server *srv, struct jg_http_request *req,
 /* The reason phrase of an HTTP status code. */
 const char *jg_status_reason(int status);
 
-/* Access log line. */
+/*
+ * Write the access log line of a request. target is the request target;
+ * the line shows its path, without the query, cut at 200 bytes.
+ */
 void jg_access_log(const char *route, const char *method, int status,
                    const char *cache, long upstream_ms, uint64_t total_ms,
-                   const char *fingerprint, const char *path);
+                   const char *fingerprint, const char *target);
 
 #endif

@@ -18,6 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -153,6 +156,37 @@ test_hash_keyed_per_table(void **state)
 
     jg_principals_free(a);
     jg_principals_free(b);
+}
+
+/* The hash is HMAC-SHA-256 over the source byte and the credential. */
+static void
+test_hash_is_standard_hmac(void **state)
+{
+    uint8_t key[JG_CRED_HASH_LEN];
+    uint8_t ours[JG_CRED_HASH_LEN];
+    unsigned char expected[EVP_MAX_MD_SIZE];
+    unsigned char message[200];
+    unsigned int expected_len = 0;
+    struct jg_principals *table;
+    size_t len;
+
+    (void)state;
+    for (len = 0; len < sizeof(key); len++)
+        key[len] = (uint8_t)(len * 7 + 1);
+    table = jg_principals_create_keyed(8, 60, key);
+
+    /* Lengths around the SHA-256 block size exercise the padding. */
+    for (len = 0; len < sizeof(message) - 1; len += 13) {
+        memset(message + 1, 'k', len);
+        message[0] = (unsigned char)JG_CRED_BEARER;
+        jg_principals_hash(table, JG_CRED_BEARER, (const char *)message + 1,
+                           len, ours);
+        HMAC(EVP_sha256(), key, sizeof(key), message, len + 1, expected,
+             &expected_len);
+        assert_int_equal(expected_len, JG_CRED_HASH_LEN);
+        assert_memory_equal(ours, expected, JG_CRED_HASH_LEN);
+    }
+    jg_principals_free(table);
 }
 
 static void
@@ -644,6 +678,7 @@ main(void)
         cmocka_unit_test(test_extract_cases),
         cmocka_unit_test(test_extract_points_into_header),
         cmocka_unit_test(test_hash_keyed_per_table),
+        cmocka_unit_test(test_hash_is_standard_hmac),
         cmocka_unit_test(test_fingerprint_first_four_bytes),
         cmocka_unit_test(test_learn_expires_at_ttl),
         cmocka_unit_test(test_ttl_saturates_near_max_time),
