@@ -27,7 +27,10 @@
 #include "jobgate/jg_log.h"
 #include "jobgate/jg_util.h"
 
-#define INITIAL_INPUT_BYTES 4096
+/* Most requests fit; the buffer doubles up to the limits when one does
+ * not. Kept small because every open connection holds one. */
+#define INITIAL_INPUT_BYTES 1024
+#define INITIAL_FIELDS 16
 #define MAX_METHOD_BYTES 16
 /* Enough for the status line, Date, Content-Length and Connection. */
 #define FIXED_HEADER_BYTES 192
@@ -46,6 +49,7 @@ struct jg_http_request {
     int minor_version;
     struct jg_http_field *fields;
     size_t field_count;
+    size_t field_cap;
     const char *body;
     size_t body_len;
     bool keep_alive;
@@ -404,7 +408,8 @@ on_accept(struct evconnlistener *listener, evutil_socket_t fd,
     conn->in = jg_malloc(conn->in_cap);
     conn->out = evbuffer_new();
     conn->req.conn = conn;
-    conn->req.fields = jg_calloc(srv->limits.max_headers + 1,
+    conn->req.field_cap = INITIAL_FIELDS;
+    conn->req.fields = jg_calloc(conn->req.field_cap,
                                  sizeof(*conn->req.fields));
     conn->read_event = event_new(srv->base, fd, EV_READ | EV_PERSIST,
                                  on_readable, conn);
@@ -521,6 +526,11 @@ parse_field(struct jg_http_conn *conn, char *line, char *end,
         return fail(err, 400, "invalid header field");
     if (req->field_count >= conn->srv->limits.max_headers)
         return fail(err, 431, "too many header fields");
+    if (req->field_count == req->field_cap) {
+        req->field_cap *= 2;
+        req->fields = jg_realloc(req->fields,
+                                 req->field_cap * sizeof(*req->fields));
+    }
 
     for (p = colon + 1; p < end; p++) {
         if (!is_field_char((unsigned char)*p))

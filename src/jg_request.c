@@ -201,6 +201,23 @@ etag_matches(const char *if_none_match, const char *etag)
 
 /* ---- hits ---------------------------------------------------------- */
 
+/* Write value in decimal with a NUL; out has room for 21 bytes. */
+static void
+format_decimal(char *out, size_t size, uint64_t value)
+{
+    char digits[20];
+    size_t n = 0;
+    size_t i = 0;
+
+    do {
+        digits[n++] = (char)('0' + value % 10);
+        value /= 10;
+    } while (value > 0);
+    while (n > 0 && i + 1 < size)
+        out[i++] = digits[--n];
+    out[i] = '\0';
+}
+
 static void
 reply_hit(struct job_request *jr, const struct jg_entry *entry, int64_t now)
 {
@@ -212,8 +229,9 @@ reply_hit(struct job_request *jr, const struct jg_entry *entry, int64_t now)
 
     set_state(jr, JOB_REPLYING);
     jg_entry_format_etag(entry, etag);
-    snprintf(age, sizeof(age), "%" PRId64,
-             now > entry->stored_at ? now - entry->stored_at : 0);
+    format_decimal(age, sizeof(age),
+                   now > entry->stored_at ? (uint64_t)(now - entry->stored_at)
+                                          : 0);
     jg_http_add_header(jr->req, "Cache-Status", "jobgate; hit");
     jg_http_add_header(jr->req, "Age", age);
     jg_http_add_header(jr->req, "ETag", etag);
@@ -226,8 +244,12 @@ reply_hit(struct job_request *jr, const struct jg_entry *entry, int64_t now)
         return;
     }
 
-    snprintf(ctype, sizeof(ctype), "%.*s", (int)entry->content_type_len,
-             entry->content_type);
+    /* Entries are stored only with a content type below 256 bytes. */
+    memcpy(ctype, entry->content_type,
+           entry->content_type_len < sizeof(ctype) ? entry->content_type_len
+                                                   : sizeof(ctype) - 1);
+    ctype[entry->content_type_len < sizeof(ctype) ? entry->content_type_len
+                                                  : sizeof(ctype) - 1] = '\0';
     jg_http_add_header(jr->req, "Content-Type", ctype);
     job_request_log(jr, status, "hit", -1);
     jg_server_reply(jr->srv, jr->req, status, entry->body, entry->body_len);
