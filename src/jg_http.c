@@ -344,6 +344,39 @@ on_deadline(evutil_socket_t fd, short what, void *arg)
     conn_close(conn);
 }
 
+/* Move a pointer into the old input buffer to the same offset in the new. */
+static const char *
+rebase(const char *p, const char *old_base, char *new_base)
+{
+    return p == NULL ? NULL : new_base + (p - old_base);
+}
+
+/*
+ * Grow the input buffer to in_cap. A head already parsed while its body
+ * is still arriving has pointers into the buffer, which move with it; the
+ * old buffer is freed only after they have been moved.
+ */
+static void
+grow_input(struct jg_http_conn *conn)
+{
+    struct jg_http_request *req = &conn->req;
+    char *old = conn->in;
+    size_t i;
+
+    conn->in = jg_malloc(conn->in_cap);
+    memcpy(conn->in, old, conn->in_len);
+    if (conn->head_len > 0) {
+        req->method_name = rebase(req->method_name, old, conn->in);
+        req->target = rebase(req->target, old, conn->in);
+        for (i = 0; i < req->field_count; i++) {
+            req->fields[i].name = rebase(req->fields[i].name, old, conn->in);
+            req->fields[i].value =
+                rebase(req->fields[i].value, old, conn->in);
+        }
+    }
+    jg_free(old);
+}
+
 static void
 on_readable(evutil_socket_t fd, short what, void *arg)
 {
@@ -360,7 +393,7 @@ on_readable(evutil_socket_t fd, short what, void *arg)
             return;
         }
         conn->in_cap = conn->in_cap * 2 < max ? conn->in_cap * 2 : max;
-        conn->in = jg_realloc(conn->in, conn->in_cap);
+        grow_input(conn);
     }
 
     n = recv(fd, conn->in + conn->in_len, conn->in_cap - conn->in_len, 0);

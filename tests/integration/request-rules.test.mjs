@@ -139,6 +139,19 @@ describe('request rules', () => {
     assert.equal(up.jobCount(x), 2);
   });
 
+  test('body larger than the first read is relayed', async () => {
+    // The head arrives before most of the body, so the input buffer grows
+    // after the head was parsed.
+    for (const size of [999, 5000, 300000]) {
+      const body = 'b'.repeat(size);
+      const res = await jg.request('/echo/grow', { method: 'POST', body });
+      assert.equal(res.status, 200, `size ${size}`);
+      assert.equal(res.json.method, 'POST');
+      assert.equal(res.json.path, '/echo/grow');
+      assert.equal(Buffer.from(res.json.body, 'base64').toString(), body, `size ${size}`);
+    }
+  });
+
   test('space in the target is rejected', async () => {
     const before = up.requests.length;
     const res = await raw([
