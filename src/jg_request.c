@@ -40,6 +40,7 @@
 #include "jobgate/jg_log.h"
 #include "jobgate/jg_principal.h"
 #include "jobgate/jg_request.h"
+#include "jobgate/jg_route.h"
 #include "jobgate/jg_server.h"
 #include "jobgate/jg_upstream.h"
 #include "jobgate/jg_util.h"
@@ -869,41 +870,6 @@ reply_bad_request(struct jg_server *srv, struct jg_http_request *req,
     jg_server_request_done(srv);
 }
 
-/*
- * Match a cached route. On a match, *segment and *len give the raw job id
- * segment and the route name is returned; NULL otherwise.
- */
-static const char *
-match_job_route(const char *target, const char **segment, size_t *len)
-{
-    static const struct {
-        const char *prefix;
-        const char *name;
-    } routes[] = {
-        {"/v2/org-jobs/", "job"},
-        {"/public/v2/org-jobs/", "public-job"},
-    };
-    size_t path_len = strcspn(target, "?");
-    size_t i;
-
-    for (i = 0; i < JG_ARRAY_LEN(routes); i++) {
-        size_t plen = strlen(routes[i].prefix);
-        const char *rest = target + plen;
-        size_t rest_len;
-
-        if (path_len <= plen || strncmp(target, routes[i].prefix, plen) != 0)
-            continue;
-        rest_len = path_len - plen;
-        /* A trailing slash or deeper path is another resource upstream. */
-        if (memchr(rest, '/', rest_len) != NULL)
-            return NULL;
-        *segment = rest;
-        *len = rest_len;
-        return routes[i].name;
-    }
-    return NULL;
-}
-
 void
 jg_request_handle(struct jg_http_request *req, void *arg)
 {
@@ -932,7 +898,7 @@ jg_request_handle(struct jg_http_request *req, void *arg)
         return;
     }
 
-    route = match_job_route(target, &segment, &len);
+    route = jg_route_match(target, &segment, &len);
     if (route == NULL || jg_http_method(req) != JG_HTTP_GET) {
         srv->metrics.requests_passthrough++;
         jg_passthrough_start(srv, req, target, started);
