@@ -31,6 +31,12 @@
  * not. Kept small because every open connection holds one. */
 #define INITIAL_INPUT_BYTES 1024
 #define INITIAL_FIELDS 16
+/*
+ * Answers queued beyond this and the connection's next request waits: a
+ * client that pipelines requests and never reads the answers would
+ * otherwise make jobgate buffer them without bound.
+ */
+#define OUTPUT_HIGH_WATER (64 * 1024)
 #define MAX_METHOD_BYTES 16
 /* Enough for the status line, Date, Content-Length and Connection. */
 #define FIXED_HEADER_BYTES 192
@@ -233,7 +239,11 @@ flush_output(struct jg_http_conn *conn)
     if (conn->broken || conn->closing) {
         if (!conn->busy)
             conn_close(conn);
+        return;
     }
+    /* Requests held back while answers were queued go on now. */
+    if (!conn->busy && !conn->processing)
+        process_input(conn);
 }
 
 static void
@@ -408,31 +418,11 @@ on_readable(evutil_socket_t fd, short what, void *arg)
     process_input(conn);
 }
 
+/* Start serving fd, a connected non-blocking socket the server now owns. */
 static void
-on_accept(struct evconnlistener *listener, evutil_socket_t fd,
-          struct sockaddr *addr, int socklen, void *arg)
+conn_open(struct jg_http_server *srv, int fd)
 {
-    struct jg_http_server *srv = arg;
     struct jg_http_conn *conn;
-
-    (void)listener;
-    (void)addr;
-    (void)socklen;
-    if (srv->conn_count >= srv->limits.max_connections) {
-        uint64_t now = jg_now_ms();
-
-        srv->stats.connections_rejected++;
-        /* One line a second at most: a flood must not flood the log. */
-        if (now - srv->last_reject_log_ms >= 1000) {
-            jg_log_warn("closing new connections: max_connections (%zu) "
-                        "reached; %llu rejected so far",
-                        srv->limits.max_connections,
-                        (unsigned long long)srv->stats.connections_rejected);
-            srv->last_reject_log_ms = now;
-        }
-        close(fd);
-        return;
-    }
 
     conn = jg_calloc(1, sizeof(*conn));
     conn->srv = srv;
@@ -459,6 +449,33 @@ on_accept(struct evconnlistener *listener, evutil_socket_t fd,
 
     event_add(conn->read_event, NULL);
     arm_deadline(conn, srv->limits.header_timeout_ms);
+}
+
+static void
+on_accept(struct evconnlistener *listener, evutil_socket_t fd,
+          struct sockaddr *addr, int socklen, void *arg)
+{
+    struct jg_http_server *srv = arg;
+
+    (void)listener;
+    (void)addr;
+    (void)socklen;
+    if (srv->conn_count >= srv->limits.max_connections) {
+        uint64_t now = jg_now_ms();
+
+        srv->stats.connections_rejected++;
+        /* One line a second at most: a flood must not flood the log. */
+        if (now - srv->last_reject_log_ms >= 1000) {
+            jg_log_warn("closing new connections: max_connections (%zu) "
+                        "reached; %llu rejected so far",
+                        srv->limits.max_connections,
+                        (unsigned long long)srv->stats.connections_rejected);
+            srv->last_reject_log_ms = now;
+        }
+        close(fd);
+        return;
+    }
+    conn_open(srv, fd);
 }
 
 /* ---- parsing -------------------------------------------------------- */
@@ -728,6 +745,8 @@ decode_chunked(struct jg_http_conn *conn, struct parse_error *err)
         const char *size_end;
         uint64_t size;
 
+        if (memchr(p, '\n', (size_t)((eol != NULL ? eol : end) - p)) != NULL)
+            return fail(err, 400, "chunk lines must end with CRLF");
         if (eol == NULL || eol + 1 >= end)
             return (size_t)(end - p) > 4096 ? fail(err, 400, "invalid chunk")
                                             : PARSE_MORE;
@@ -785,6 +804,25 @@ send_continue(struct jg_http_conn *conn)
     send_iov(conn, &iov, 1);
 }
 
+/*
+ * True when buf[from..len) holds an LF without a CR before it, or a CR
+ * followed by anything but LF. Such a head is rejected at once rather
+ * than left to wait for a CRLF CRLF that will never come.
+ */
+static bool
+has_bare_line_end(const char *buf, size_t from, size_t len)
+{
+    size_t i;
+
+    for (i = from; i < len; i++) {
+        if (buf[i] == '\n' && (i == 0 || buf[i - 1] != '\r'))
+            return true;
+        if (buf[i] == '\r' && i + 1 < len && buf[i + 1] != '\n')
+            return true;
+    }
+    return false;
+}
+
 /* Find and parse the head; PARSE_DONE once it is parsed. */
 static enum parse_result
 read_head(struct jg_http_conn *conn, struct parse_error *err)
@@ -805,6 +843,11 @@ read_head(struct jg_http_conn *conn, struct parse_error *err)
     }
 
     end = memmem(conn->in + from, conn->in_len - from, "\r\n\r\n", 4);
+    /* Only the head is checked: a body may hold any bytes. */
+    if (has_bare_line_end(conn->in, from,
+                          end != NULL ? (size_t)(end - conn->in) + 4
+                                      : conn->in_len))
+        return fail(err, 400, "lines must end with CRLF");
     if (end == NULL) {
         conn->scanned = conn->in_len;
         if (conn->in_len > limits->max_header_bytes)
@@ -830,7 +873,9 @@ read_body(struct jg_http_conn *conn, struct parse_error *err)
         expect = jg_http_find(&conn->req, "Expect");
         if (expect != NULL && strcasecmp(expect, "100-continue") != 0)
             return fail(err, 417, "unsupported Expect");
-        if (expect != NULL && have == 0 && !conn->sent_continue)
+        /* An HTTP/1.0 client gets no 1xx answer (RFC 9110, 10.1.1). */
+        if (expect != NULL && have == 0 && !conn->sent_continue &&
+            conn->req.minor_version == 1)
             send_continue(conn);
     }
     if (conn->chunked)
@@ -860,7 +905,8 @@ static void
 process_input(struct jg_http_conn *conn)
 {
     conn->processing = true;
-    while (!conn->busy && !conn->closing && !conn->broken) {
+    while (!conn->busy && !conn->closing && !conn->broken &&
+           evbuffer_get_length(conn->out) < OUTPUT_HIGH_WATER) {
         struct parse_error err = {0};
         enum parse_result res = PARSE_DONE;
 
@@ -884,8 +930,12 @@ process_input(struct jg_http_conn *conn)
         conn_close(conn);
         return;
     }
-    if (!conn->busy && !conn->closing)
+    if (conn->busy || conn->closing)
+        return;
+    if (evbuffer_get_length(conn->out) < OUTPUT_HIGH_WATER)
         event_add(conn->read_event, NULL);
+    else
+        event_del(conn->read_event);
 }
 
 /* The answer is queued: drop the request's bytes and go on. */
@@ -1083,9 +1133,14 @@ format_head(struct jg_http_request *req, int status, size_t body_len,
     p = append(p, reason_phrase(status));
     p = append(p, "\r\nDate: ");
     p = append(p, http_date(conn->srv));
-    p = append(p, "\r\nContent-Length: ");
-    p = append_decimal(p, body_len);
     p = append(p, "\r\n");
+    /* A HEAD answer relays no body, so it cannot state the body's length
+     * truthfully: the upstream's length is not kept. */
+    if (req->method != JG_HTTP_HEAD) {
+        p = append(p, "Content-Length: ");
+        p = append_decimal(p, body_len);
+        p = append(p, "\r\n");
+    }
     if (conn->closing)
         p = append(p, "Connection: close\r\n");
     else if (req->minor_version == 0)
@@ -1162,6 +1217,18 @@ jg_http_listen_fd(struct jg_http_server *srv, int fd)
     if (l == NULL)
         return -1;
     srv->listeners[srv->listener_count++] = l;
+    return 0;
+}
+
+int
+jg_http_adopt_fd(struct jg_http_server *srv, int fd)
+{
+    if (srv->conn_count >= srv->limits.max_connections) {
+        srv->stats.connections_rejected++;
+        return -1;
+    }
+    evutil_make_socket_nonblocking(fd);
+    conn_open(srv, fd);
     return 0;
 }
 

@@ -7,6 +7,7 @@
 // reach the upstream or the log.
 
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 
 import { JOB_PATH, keyHeader, rawExchange, startJobgate } from './harness.mjs';
@@ -150,6 +151,54 @@ describe('request rules', () => {
       assert.equal(res.json.path, '/echo/grow');
       assert.equal(Buffer.from(res.json.body, 'base64').toString(), body, `size ${size}`);
     }
+  });
+
+  test('unread pipelined answers stop reading', async () => {
+    const x = up.createJob({ org: 'A', status: 'completed' });
+    await jg.get(JOB_PATH(x), { headers: keyHeader(up, 'A1') });
+    const before = await jg.metric('jobgate_requests_total');
+    const count = 100000;
+    const one = `GET ${JOB_PATH(x)} HTTP/1.1\r\nHost: x\r\nGalileo-API-Key: ${KEYS.A1}\r\n\r\n`;
+    const socket = net.connect(jg.port, '127.0.0.1');
+    socket.pause(); // never read the answers
+    await new Promise((resolve) => socket.once('connect', resolve));
+    socket.write(one.repeat(count));
+
+    // Wait until jobgate answers no more; then far fewer than all were
+    // answered, because it stopped reading while its answers were unsent.
+    let last = -1;
+    let now = await jg.metric('jobgate_requests_total');
+    for (let i = 0; i < 100 && now !== last; i++) {
+      last = now;
+      await jg.waitForMetric('jobgate_requests_total', (v) => v >= last, 5000);
+      await new Promise((resolve) => setImmediate(resolve));
+      now = await jg.metric('jobgate_requests_total');
+    }
+    const answered = now - before;
+    console.log(`# ${answered} of ${count} pipelined requests answered while the client read nothing`);
+    assert.ok(answered < count, `all ${count} answered: nothing held them back`);
+    socket.destroy();
+  });
+
+  test('HTTP/1.0 gets no 100 Continue', async () => {
+    const res = await rawExchange(jg.port, 'POST /echo/x HTTP/1.0\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc');
+    assert.equal(res.status, 200);
+    assert.ok(!res.data.includes('100 Continue'), res.data.slice(0, 200));
+  });
+
+  test('HEAD answer states no length', async () => {
+    const res = await rawExchange(jg.port, 'HEAD /echo/h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    assert.equal(res.status, 200);
+    assert.ok(!/content-length: 0\r\n/i.test(res.data), res.data.slice(0, 300));
+  });
+
+  test('bare LF is rejected at once', async () => {
+    const before = up.requests.length;
+    // rawExchange gives up after 5 s, before the 10 s request deadline,
+    // so only an answer given at once passes.
+    const res = await rawExchange(jg.port, 'GET /echo/x HTTP/1.1\nHost: x\n\n');
+    assert.equal(res.status, 400);
+    assert.equal(up.requests.length, before);
   });
 
   test('space in the target is rejected', async () => {
