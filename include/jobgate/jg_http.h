@@ -79,6 +79,15 @@ struct jg_http_server *jg_http_server_new(struct event_base *base,
 /* Serve on a bound, listening socket; the server closes it when freed. */
 int jg_http_listen_fd(struct jg_http_server *srv, int fd);
 
+/*
+ * Serve fd, a connected stream socket, like an accepted connection under
+ * the same limits and deadlines. The server makes fd non-blocking and
+ * closes it. Returns -1 when max_connections are already open, and fd then
+ * stays open and belongs to the caller. Tests pass one end of a
+ * socketpair(2).
+ */
+int jg_http_adopt_fd(struct jg_http_server *srv, int fd);
+
 /* Stop accepting; listening sockets are closed. */
 void jg_http_stop_accepting(struct jg_http_server *srv);
 
