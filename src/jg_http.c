@@ -407,6 +407,13 @@ on_readable(evutil_socket_t fd, short what, void *arg)
     }
 
     n = recv(fd, conn->in + conn->in_len, conn->in_cap - conn->in_len, 0);
+    if (n == 0 && evbuffer_get_length(conn->out) > 0) {
+        /* The client shut down only its sending side: deliver the answers
+         * already queued, then close, as flush_output() does. */
+        conn->closing = true;
+        event_del(conn->read_event);
+        return;
+    }
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
                    errno != EINTR)) {
         conn_close(conn);
@@ -698,6 +705,27 @@ parse_head(struct jg_http_conn *conn, struct parse_error *err)
     return read_framing(conn, err);
 }
 
+static bool
+all_field_chars(const char *p, const char *end)
+{
+    for (; p < end; p++) {
+        if (!is_field_char((unsigned char)*p))
+            return false;
+    }
+    return true;
+}
+
+/* True for "token: value" with no CTL but HTAB in the value. */
+static bool
+valid_field_line(const char *p, const char *end)
+{
+    const char *q = p;
+
+    while (q < end && is_tchar((unsigned char)*q))
+        q++;
+    return q > p && q < end && *q == ':' && all_field_chars(q + 1, end);
+}
+
 /* Strict hex chunk size: digits only, leading zeros allowed, no overflow. */
 static bool
 parse_chunk_size(const char *p, const char *end, uint64_t *out)
@@ -736,6 +764,7 @@ decode_chunked(struct jg_http_conn *conn, struct parse_error *err)
     const struct jg_http_limits *limits = &conn->srv->limits;
     const char *p = conn->in + conn->body_start;
     const char *end = conn->in + conn->in_len;
+    const char *trailer;
     size_t total = 0;
 
     jg_free(conn->chunked_body);
@@ -757,6 +786,8 @@ decode_chunked(struct jg_http_conn *conn, struct parse_error *err)
             size_end = eol;
         if (!parse_chunk_size(p, size_end, &size))
             return fail(err, 400, "invalid chunk size");
+        if (!all_field_chars(size_end, eol))
+            return fail(err, 400, "invalid chunk extension");
         if (size > limits->max_body_bytes - total)
             return fail(err, 413, "request body too large");
         p = eol + 2;
@@ -773,19 +804,28 @@ decode_chunked(struct jg_http_conn *conn, struct parse_error *err)
         p += size + 2;
     }
 
-    /* Trailer fields, then the empty line. */
+    /* Trailer fields, then the empty line, within max_header_bytes. */
+    trailer = p;
     for (;;) {
         const char *eol = memchr(p, '\r', (size_t)(end - p));
 
+        if (memchr(p, '\n', (size_t)((eol != NULL ? eol : end) - p)) != NULL)
+            return fail(err, 400, "invalid chunk trailer");
         if (eol == NULL || eol + 1 >= end)
-            return PARSE_MORE;
+            return (size_t)(end - trailer) > limits->max_header_bytes
+                       ? fail(err, 431, "chunk trailer too large")
+                       : PARSE_MORE;
         if (eol[1] != '\n')
             return fail(err, 400, "invalid chunk trailer");
         if (eol == p) {
             p += 2;
             break;
         }
+        if (!valid_field_line(p, eol))
+            return fail(err, 400, "invalid chunk trailer");
         p = eol + 2;
+        if ((size_t)(p - trailer) > limits->max_header_bytes)
+            return fail(err, 431, "chunk trailer too large");
     }
 
     conn->req.body = conn->chunked_body != NULL ? conn->chunked_body : "";
@@ -953,7 +993,8 @@ finish_request(struct jg_http_conn *conn)
     conn->sent_continue = false;
     jg_free(conn->chunked_body);
     conn->chunked_body = NULL;
-    if (!conn->closing && !conn->broken)
+    /* Also while a closing connection drains a slow reader. */
+    if (!conn->broken)
         arm_deadline(conn, conn->srv->limits.idle_timeout_ms);
 
     /* Inside process_input() its loop takes the next request or closes. */
@@ -1253,6 +1294,8 @@ jg_http_close_idle(struct jg_http_server *srv)
         conn->closing = true;
         if (!conn->busy && evbuffer_get_length(conn->out) == 0)
             conn_close(conn);
+        else
+            event_del(conn->read_event);
         conn = next;
     }
     return srv->conn_count;

@@ -8,7 +8,7 @@
 # Usage: tests/fuzz/run.sh [SECONDS] [TARGET...]
 #   SECONDS  time per target (default: $FUZZ_SECONDS, or 20).
 #            A long run: tests/fuzz/run.sh 3600
-#   TARGET   uuid, inspect, entry, config or request (default: every
+#   TARGET   uuid, inspect, entry, config, request or http (default: every
 #            target the build has; one left out for a missing module is
 #            reported by CMake when it configures).
 # Environment:
@@ -47,9 +47,10 @@ if ! "$cc" -fsanitize=fuzzer "$work/probe.c" -o "$work/probe" 2>/dev/null; then
 fi
 
 # Maximum input length per target, in bytes: above the longest realistic
-# input, and above the 4095-byte line limit for config.
+# input, above the 4095-byte line limit for config, and for http room for a
+# few pipelined requests with bodies up to its 8192-byte limit.
 declare -A max_len=([uuid]=256 [inspect]=8192 [entry]=4096 [config]=8192
-                    [request]=4096)
+                    [request]=4096 [http]=16384)
 
 echo "== building in $build with $cc"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
@@ -66,7 +67,7 @@ fi
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    for t in uuid inspect entry config request; do
+    for t in uuid inspect entry config request http; do
         [ -x "$build/tests/fuzz/fuzz_$t" ] && targets+=("$t")
     done
 fi
