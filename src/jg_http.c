@@ -131,9 +131,8 @@ is_field_char(unsigned char c)
     return c == '\t' || (c >= 0x20 && c != 0x7f);
 }
 
-/* True when the comma-separated list holds token, in any case. */
-static bool
-list_has_token(const char *list, const char *token)
+bool
+jg_http_list_has_token(const char *list, const char *token)
 {
     size_t n = strlen(token);
     const char *p = list;
@@ -668,10 +667,10 @@ read_framing(struct jg_http_conn *conn, struct parse_error *err)
     req->has_connection = connection != NULL;
     if (req->minor_version == 1)
         req->keep_alive = connection == NULL ||
-                          !list_has_token(connection, "close");
+                          !jg_http_list_has_token(connection, "close");
     else
         req->keep_alive = connection != NULL &&
-                          list_has_token(connection, "keep-alive");
+                          jg_http_list_has_token(connection, "keep-alive");
     return PARSE_DONE;
 }
 
@@ -1066,7 +1065,7 @@ jg_http_connection_lists(const struct jg_http_request *req, const char *name)
     for (i = 0; i < req->field_count; i++) {
         if (req->fields[i].name_len == 10 &&
             strcasecmp(req->fields[i].name, "Connection") == 0 &&
-            list_has_token(req->fields[i].value, name))
+            jg_http_list_has_token(req->fields[i].value, name))
             return true;
     }
     return false;

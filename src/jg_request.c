@@ -153,28 +153,6 @@ job_request_done(struct job_request *jr)
     jg_server_request_done(srv);
 }
 
-/* True when a comma-separated header value holds token, in any case. */
-static bool
-header_has_token(const char *value, const char *token)
-{
-    size_t n = strlen(token);
-    const char *p = value;
-
-    while (value != NULL && *p != '\0') {
-        size_t len;
-
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        len = strcspn(p, ",");
-        while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
-            len--;
-        if (len == n && strncasecmp(p, token, n) == 0)
-            return true;
-        p += strcspn(p, ",");
-    }
-    return false;
-}
-
 /* If-None-Match uses the weak comparison: "W/" prefixes are ignored. */
 static bool
 etag_matches(const char *if_none_match, const char *etag)
@@ -437,8 +415,8 @@ no_store_requested(const struct evkeyvalq *headers)
 
     TAILQ_FOREACH(h, headers, next) {
         if (strcasecmp(h->key, "Cache-Control") == 0 &&
-            (header_has_token(h->value, "no-store") ||
-             header_has_token(h->value, "private")))
+            (jg_http_list_has_token(h->value, "no-store") ||
+             jg_http_list_has_token(h->value, "private")))
             return true;
     }
     return false;
@@ -724,11 +702,11 @@ read_cache_control(struct job_request *jr)
     const char *pragma = jg_http_find(jr->req, "Pragma");
 
     if (cc != NULL) {
-        jr->refresh = header_has_token(cc, "no-cache") ||
-                      header_has_token(cc, "max-age=0");
-        jr->only_if_cached = header_has_token(cc, "only-if-cached");
+        jr->refresh = jg_http_list_has_token(cc, "no-cache") ||
+                      jg_http_list_has_token(cc, "max-age=0");
+        jr->only_if_cached = jg_http_list_has_token(cc, "only-if-cached");
     } else if (pragma != NULL) {
-        jr->refresh = header_has_token(pragma, "no-cache");
+        jr->refresh = jg_http_list_has_token(pragma, "no-cache");
     }
 }
 

@@ -127,6 +127,13 @@ const char *jg_http_find_end_to_end(const struct jg_http_request *req,
 bool jg_http_connection_lists(const struct jg_http_request *req,
                               const char *name);
 
+/*
+ * True when the comma-separated field value list contains token, in any
+ * case, as in "Connection: keep-alive, Upgrade" or "Cache-Control:
+ * no-cache". Surrounding spaces and tabs of each element are ignored.
+ */
+bool jg_http_list_has_token(const char *list, const char *token);
+
 /* The request body, possibly empty; valid until the reply. */
 const char *jg_http_body(const struct jg_http_request *req, size_t *len);
 
