@@ -1850,6 +1850,8 @@ def main(argv):
     json_path.write_text(json.dumps(results, indent=1) + "\n")
     log(f"wrote {json_path}")
     sys.path.insert(0, str(BENCH_DIR))
+    # No __pycache__ in the source tree.
+    sys.dont_write_bytecode = True
     import report
     report.write_all(results, args.out)
     log(f"wrote {args.out / 'RESULTS.md'} and {args.out / 'results.png'}")
