@@ -101,7 +101,6 @@ struct job_request {
     uint8_t cred[JG_CRED_HASH_LEN];
     const char *cred_header;      /* the header the credential came from */
     uint8_t owner[JG_ENTRY_OWNER_LEN]; /* zeros unless share_scope=credential */
-    char fingerprint[JG_CRED_FINGERPRINT_LEN];
     bool refresh;                 /* client sent Cache-Control: no-cache */
     bool only_if_cached;
     bool stale;                   /* the entry found had expired */
@@ -113,11 +112,32 @@ struct job_request {
 
 static void flight_start(struct job_request *jr, bool shareable);
 
+/*
+ * Write the credential fingerprint for a log line, or return "-". It is
+ * formatted only when a line is written, so hits cost nothing for it when
+ * the access log is off (log_level below info).
+ */
+static const char *
+fingerprint_of(const struct job_request *jr,
+               char out[JG_CRED_FINGERPRINT_LEN])
+{
+    if (!jr->has_cred)
+        return "-";
+    jg_principals_fingerprint(jr->cred, out);
+    return out;
+}
+
 static void
 set_state(struct job_request *jr, enum job_state next)
 {
+    char fingerprint[JG_CRED_FINGERPRINT_LEN];
+
+    if (!jg_log_enabled(JG_LOG_DEBUG)) {
+        jr->state = next;
+        return;
+    }
     jg_log_debug("job %.*s cred=%s: %s -> %s", jr->path_len, jr->target,
-                 jr->fingerprint,
+                 fingerprint_of(jr, fingerprint),
                  state_names[jr->state], state_names[next]);
     jr->state = next;
 }
@@ -137,9 +157,14 @@ static void
 job_request_log(const struct job_request *jr, int status, const char *cache,
                 long upstream_ms)
 {
+    char fingerprint[JG_CRED_FINGERPRINT_LEN];
+
+    if (!jg_log_enabled(JG_LOG_INFO))
+        return;
     jg_access_log(jr->route, "GET", status, cache, upstream_ms,
                   jg_now_ms() - jr->started_ms,
-                  jr->has_cred ? jr->fingerprint : NULL, jr->target);
+                  jr->has_cred ? fingerprint_of(jr, fingerprint) : NULL,
+                  jr->target);
 }
 
 /* Finish a request after its reply was sent. */
@@ -395,7 +420,7 @@ miss(struct job_request *jr)
 
 /* ---- answers after a fetch ----------------------------------------- */
 
-/* What one finished fetch means for its waiters. */
+/* The outcome of one finished fetch, as its waiters see it. */
 struct outcome {
     const struct jg_upstream_response *resp;
     int status;
@@ -744,13 +769,11 @@ read_credential(struct job_request *jr)
         jg_http_find_end_to_end(jr->req, "Splunk-AO-API-Key"),
         jg_http_find_end_to_end(jr->req, "Authorization"), &token, &len);
     if (source == JG_CRED_NONE) {
-        snprintf(jr->fingerprint, sizeof(jr->fingerprint), "-");
         return;
     }
     jr->has_cred = true;
     jr->cred_header = header_names[source];
     jg_principals_hash(jr->srv->principals, source, token, len, jr->cred);
-    jg_principals_fingerprint(jr->cred, jr->fingerprint);
     if (jr->srv->cfg.share_scope == JG_SHARE_CREDENTIAL)
         owner_tag(jr->srv, token, len, jr->owner);
 }
