@@ -203,13 +203,17 @@ is_expired(const struct jg_cache *cache, int64_t stored_at, int64_t now)
         return false;
 
     /*
+     * Times have whole-second resolution, so an age equal to ttl_s may be
+     * anything from ttl_s to ttl_s + 1 seconds; the entry is still fresh
+     * then, so that it lives at least ttl_s seconds and never less.
+     *
      * NOTE: an entry stored in the future is fresh, and stays fresh until
      * ttl_s after its stored-at time. So a wall clock stepped back by D
      * seconds lengthens the life of entries stored before the step by D.
      */
     if (now <= stored_at)
         return false;
-    return (uint64_t)now - (uint64_t)stored_at >= cache->ttl_s;
+    return (uint64_t)now - (uint64_t)stored_at > cache->ttl_s;
 }
 
 /* ---- open and close ------------------------------------------------- */

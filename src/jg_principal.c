@@ -16,8 +16,9 @@
  * only expired proofs, the head is such a credential, and otherwise it is
  * the credential proven longest ago.
  *
- * Times are monotonic seconds supplied by the caller. A proof learned at t
- * is valid while now < t + ttl, so it is expired from t + ttl on.
+ * Times are monotonic, in the caller's unit (jobgate uses milliseconds, so
+ * that a proof lives auth_ttl seconds to the millisecond). A proof learned
+ * at t is valid while now < t + ttl, so it is expired from t + ttl on.
  */
 #include "jobgate/jg_principal.h"
 
@@ -50,7 +51,7 @@
 
 struct proof {
     uint8_t org[JG_UUID_LEN];
-    uint64_t expires_s; /* valid while now_s < expires_s */
+    uint64_t expires; /* valid while now < expires */
 };
 
 struct principal {
@@ -73,7 +74,7 @@ struct jg_principals {
      */
     SHA256_CTX inner;
     SHA256_CTX outer;
-    uint64_t ttl_s;
+    uint64_t ttl;
     size_t max_entries;
     struct principal *entries; /* max_entries slots */
     uint32_t never_used;       /* slots from here on were never taken */
@@ -197,19 +198,19 @@ key_hmac(struct jg_principals *table, const uint8_t key[HMAC_KEY_LEN])
 }
 
 struct jg_principals *
-jg_principals_create(size_t max_entries, uint64_t ttl_s)
+jg_principals_create(size_t max_entries, uint64_t ttl)
 {
     uint8_t key[HMAC_KEY_LEN];
     struct jg_principals *table;
 
     random_key(key);
-    table = jg_principals_create_keyed(max_entries, ttl_s, key);
+    table = jg_principals_create_keyed(max_entries, ttl, key);
     OPENSSL_cleanse(key, sizeof(key));
     return table;
 }
 
 struct jg_principals *
-jg_principals_create_keyed(size_t max_entries, uint64_t ttl_s,
+jg_principals_create_keyed(size_t max_entries, uint64_t ttl,
                            const uint8_t key[JG_CRED_HASH_LEN])
 {
     struct jg_principals *table;
@@ -224,7 +225,7 @@ jg_principals_create_keyed(size_t max_entries, uint64_t ttl_s,
 
     table = jg_calloc(1, sizeof(*table));
     key_hmac(table, key);
-    table->ttl_s = ttl_s;
+    table->ttl = ttl;
     table->max_entries = max_entries;
     /* With glibc, a large calloc() usually gets fresh zero pages from the
      * kernel, so a mostly empty table costs address space rather than
@@ -418,7 +419,7 @@ evict_oldest(struct jg_principals *table)
 /* Record org with a new expiry, as the newest proof of p. */
 static void
 add_proof(struct principal *p, const uint8_t org[JG_UUID_LEN],
-          uint64_t expires_s)
+          uint64_t expires)
 {
     uint32_t k;
 
@@ -437,22 +438,22 @@ add_proof(struct principal *p, const uint8_t org[JG_UUID_LEN],
     }
 
     memcpy(p->proofs[p->proof_count].org, org, JG_UUID_LEN);
-    p->proofs[p->proof_count].expires_s = expires_s;
+    p->proofs[p->proof_count].expires = expires;
     p->proof_count++;
 }
 
 void
 jg_principals_learn(struct jg_principals *table,
                     const uint8_t hash[JG_CRED_HASH_LEN],
-                    const uint8_t org[JG_UUID_LEN], uint64_t now_s)
+                    const uint8_t org[JG_UUID_LEN], uint64_t now)
 {
-    uint64_t expires_s = now_s + table->ttl_s;
+    uint64_t expires = now + table->ttl;
     bool found;
     size_t b = probe(table, hash, &found);
     uint32_t i;
 
-    if (expires_s < now_s)
-        expires_s = UINT64_MAX;
+    if (expires < now)
+        expires = UINT64_MAX;
     table->stats.learned++;
 
     if (found) {
@@ -472,7 +473,7 @@ jg_principals_learn(struct jg_principals *table,
     }
 
     order_append(table, i);
-    add_proof(&table->entries[i], org, expires_s);
+    add_proof(&table->entries[i], org, expires);
 }
 
 void
@@ -501,7 +502,7 @@ lookup(const struct jg_principals *table,
 
 size_t
 jg_principals_orgs(struct jg_principals *table,
-                   const uint8_t hash[JG_CRED_HASH_LEN], uint64_t now_s,
+                   const uint8_t hash[JG_CRED_HASH_LEN], uint64_t now,
                    uint8_t orgs[][JG_UUID_LEN], size_t max)
 {
     const struct principal *p = lookup(table, hash);
@@ -515,7 +516,7 @@ jg_principals_orgs(struct jg_principals *table,
     for (k = p->proof_count; k > 0 && copied < max; k--) {
         const struct proof *proof = &p->proofs[k - 1];
 
-        if (now_s < proof->expires_s)
+        if (now < proof->expires)
             memcpy(orgs[copied++], proof->org, JG_UUID_LEN);
     }
     return copied;
@@ -524,7 +525,7 @@ jg_principals_orgs(struct jg_principals *table,
 bool
 jg_principals_allows(struct jg_principals *table,
                      const uint8_t hash[JG_CRED_HASH_LEN],
-                     const uint8_t org[JG_UUID_LEN], uint64_t now_s)
+                     const uint8_t org[JG_UUID_LEN], uint64_t now)
 {
     const struct principal *p = lookup(table, hash);
     uint32_t k;
@@ -533,7 +534,7 @@ jg_principals_allows(struct jg_principals *table,
         return false;
     for (k = 0; k < p->proof_count; k++) {
         if (memcmp(p->proofs[k].org, org, JG_UUID_LEN) == 0)
-            return now_s < p->proofs[k].expires_s;
+            return now < p->proofs[k].expires;
     }
     return false;
 }

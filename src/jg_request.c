@@ -269,12 +269,12 @@ lookup(struct job_request *jr)
 {
     struct jg_server *srv = jr->srv;
     uint8_t orgs[JG_PRINCIPAL_MAX_ORGS][JG_UUID_LEN];
-    uint64_t now_s = jg_now_ms() / 1000;
+    uint64_t now_ms = jg_now_ms();
     int64_t wall = jg_wall_s();
     size_t count;
     size_t i;
 
-    count = jg_principals_orgs(srv->principals, jr->cred, now_s, orgs,
+    count = jg_principals_orgs(srv->principals, jr->cred, now_ms, orgs,
                                JG_PRINCIPAL_MAX_ORGS);
     if (count == 0) {
         srv->metrics.unproven_misses++;
@@ -365,7 +365,7 @@ flight_key_for(struct job_request *jr, struct flight_key *key)
     count = 0;
     if (srv->cfg.share_scope == JG_SHARE_ORG)
         count = jg_principals_orgs(srv->principals, jr->cred,
-                                   jg_now_ms() / 1000, orgs,
+                                   jg_now_ms(), orgs,
                                    JG_PRINCIPAL_MAX_ORGS);
     if (count == 1) {
         key->kind = FLIGHT_ORG;
@@ -469,7 +469,7 @@ judge_response(struct jg_flight *flight, struct outcome *oc)
     if (res.org_valid && flight->leader_has_cred &&
         flight->forget_epoch == srv->forget_epoch)
         jg_principals_learn(srv->principals, flight->leader_cred, res.org,
-                            jg_now_ms() / 1000);
+                            jg_now_ms());
 
     ctype = evhttp_find_header(oc->resp->headers, "Content-Type");
     if (verdict != JG_INSPECT_CACHEABLE) {
@@ -517,7 +517,7 @@ may_share(const struct jg_flight *flight, const struct job_request *jr,
     if (oc->status == 200 && oc->org_valid)
         return jr->has_cred &&
                jg_principals_allows(jr->srv->principals, jr->cred, oc->org,
-                                    jg_now_ms() / 1000);
+                                    jg_now_ms());
     return true;
 }
 

@@ -390,7 +390,7 @@ open_parts(struct jg_server *srv)
     if (cfg->share_scope == JG_SHARE_CREDENTIAL && load_owner_key(srv) != 0)
         return -1;
     srv->principals = jg_principals_create(cfg->max_principals,
-                                           cfg->auth_ttl_s);
+                                           cfg->auth_ttl_s * 1000);
     srv->upstream = jg_upstream_create(srv->base, &uopts);
     if (srv->upstream == NULL) {
         jg_log_error("cannot create the upstream client for %s",

@@ -57,14 +57,15 @@ struct jg_principals;
 
 /*
  * Create a table of at most max_entries credentials (1 to 2^30) with a new
- * random hash key; a proof learned at time t is valid while now < t + ttl_s.
+ * random hash key; a proof learned at time t is valid while now < t + ttl.
+ * Times and ttl are in one monotonic unit of the caller's choice.
  * Aborts with a message when the kernel or OpenSSL cannot provide the key.
  */
 struct jg_principals *jg_principals_create(size_t max_entries,
-                                           uint64_t ttl_s);
+                                           uint64_t ttl);
 /* The same with a given HMAC key, for tests that check the hash. */
 struct jg_principals *jg_principals_create_keyed(
-    size_t max_entries, uint64_t ttl_s, const uint8_t key[JG_CRED_HASH_LEN]);
+    size_t max_entries, uint64_t ttl, const uint8_t key[JG_CRED_HASH_LEN]);
 void jg_principals_free(struct jg_principals *table);
 
 /*
@@ -82,14 +83,14 @@ void jg_principals_fingerprint(const uint8_t hash[JG_CRED_HASH_LEN],
                                char out[JG_CRED_FINGERPRINT_LEN]);
 
 /*
- * Record that the credential may read org, at monotonic time now_s. A known
+ * Record that the credential may read org, at monotonic time now. A known
  * org gets a new expiry. A new org beyond JG_PRINCIPAL_MAX_ORGS drops the
  * credential's oldest proof. A new credential in a full table evicts the
  * least recently learned credential, which is an expired one if any is.
  */
 void jg_principals_learn(struct jg_principals *table,
                          const uint8_t hash[JG_CRED_HASH_LEN],
-                         const uint8_t org[JG_UUID_LEN], uint64_t now_s);
+                         const uint8_t org[JG_UUID_LEN], uint64_t now);
 
 /* Forget every proof of the credential, as after an upstream 401. */
 void jg_principals_forget(struct jg_principals *table,
@@ -97,16 +98,16 @@ void jg_principals_forget(struct jg_principals *table,
 
 /*
  * Copy into orgs up to max organizations proven for the credential and not
- * expired at now_s, newest proof first; returns how many were copied.
+ * expired at now, newest proof first; returns how many were copied.
  */
 size_t jg_principals_orgs(struct jg_principals *table,
-                          const uint8_t hash[JG_CRED_HASH_LEN], uint64_t now_s,
+                          const uint8_t hash[JG_CRED_HASH_LEN], uint64_t now,
                           uint8_t orgs[][JG_UUID_LEN], size_t max);
 
-/* Whether the credential has a proof for org that is not expired at now_s. */
+/* Whether the credential has a proof for org that is not expired at now. */
 bool jg_principals_allows(struct jg_principals *table,
                           const uint8_t hash[JG_CRED_HASH_LEN],
-                          const uint8_t org[JG_UUID_LEN], uint64_t now_s);
+                          const uint8_t org[JG_UUID_LEN], uint64_t now);
 
 struct jg_principal_stats {
     uint64_t entries;   /* credentials in the table now */

@@ -265,7 +265,8 @@ describe('terminal_ttl', () => {
     const hit = await jg.get(JOB_PATH(id), { headers: keyHeader(up, 'A1') });
     assert.equal(hit.headers['cache-status'], HIT);
 
-    // Waits for the expiry itself; two seconds cover whole-second resolution.
+    // Waits for the expiry itself: with whole-second times, an entry with
+    // a TTL of 1 lives between one and two seconds.
     await delay(2100);
 
     const expired = await jg.get(JOB_PATH(id), { headers: keyHeader(up, 'A1') });
