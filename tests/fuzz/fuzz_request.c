@@ -3,20 +3,20 @@
  * the job id segment of the cached routes and the credential headers. The
  * input is a raw HTTP request head (request line, header lines, each ended
  * by LF or CRLF). It is split here with a small parser of its own, then the
- * segment after "/v2/org-jobs/" or "/public/v2/org-jobs/" goes to
- * jg_uuid_parse_segment() and the first Galileo-API-Key, Splunk-AO-API-Key
- * and Authorization values go to jg_credential_extract().
+ * target goes to jg_route_match(), a matched job id segment to
+ * jg_uuid_parse_segment(), and the first Galileo-API-Key, Splunk-AO-API-Key
+ * and Authorization values to jg_credential_extract().
  *
- * NOTE: jobgate's own route matcher and evhttp's head parser are not
- * reached: the matcher is static in src/jg_request.c. Header values are
- * passed with the blanks evhttp would strip, which only makes the
- * credential parser's input harder.
+ * NOTE: the server's head parser is not reached here; fuzz_http covers it.
+ * Header values are passed with the blanks that parser would strip, which
+ * only makes the credential parser's input harder.
  */
 #include <stdbool.h>
 #include <string.h>
 
 #include "fuzz.h"
 #include "jobgate/jg_principal.h"
+#include "jobgate/jg_route.h"
 #include "jobgate/jg_util.h"
 #include "jobgate/jg_uuid.h"
 
@@ -130,50 +130,77 @@ contains(const char *s, size_t len, const char *needle)
 }
 
 /*
- * Parse the job id segment of a cached route. A segment that parses must
- * contain nothing that could reach a different resource upstream or split the
- * cache key: no '/', encoded '/', encoded NUL or "..".
+ * What jg_route_match() must do, written apart from it: the path (the target
+ * up to '?') is a route prefix followed by a non-empty segment with no '/'.
+ */
+static bool
+model_route(const char *target, size_t target_len, size_t *prefix_len)
+{
+    const char *query = memchr(target, '?', target_len);
+    size_t path_len = query != NULL ? (size_t)(query - target) : target_len;
+    size_t i;
+
+    for (i = 0; i < JG_ARRAY_LEN(routes); i++) {
+        size_t n = strlen(routes[i]);
+
+        if (path_len > n && memcmp(target, routes[i], n) == 0 &&
+            memchr(target + n, '/', path_len - n) == NULL) {
+            *prefix_len = n;
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Match the target as the server does, then parse the job id segment. A
+ * segment that parses must contain nothing that could reach a different
+ * resource upstream or split the cache key: no '/', encoded '/', encoded NUL
+ * or "..".
  */
 static void
 check_route(const struct head *h)
 {
-    const char *query;
-    size_t path_len;
-    size_t i;
+    const char *segment = NULL;
+    const char *name;
+    char *target;
+    size_t target_len;
+    size_t segment_len = 0;
+    size_t prefix_len = 0;
+    uint8_t job[JG_UUID_LEN];
+    enum jg_uuid_status st;
 
     if (h->target == NULL)
         return;
-    /* The target points into the input, which has no NUL after it. */
-    query = memchr(h->target, '?', h->target_len);
-    path_len = query != NULL ? (size_t)(query - h->target) : h->target_len;
+    /*
+     * The server never accepts a NUL in a target, so the copy stops at the
+     * first one, as the NUL-terminated target the server passes would.
+     */
+    target = jg_strndup(h->target, h->target_len);
+    target_len = strlen(target);
 
-    for (i = 0; i < JG_ARRAY_LEN(routes); i++) {
-        size_t prefix_len = strlen(routes[i]);
-        size_t segment_len;
-        char *segment;
-        uint8_t job[JG_UUID_LEN];
-        enum jg_uuid_status st;
-
-        if (path_len < prefix_len ||
-            memcmp(h->target, routes[i], prefix_len) != 0)
-            continue;
-        segment_len = path_len - prefix_len;
-        segment = jg_malloc(segment_len);
-        if (segment_len > 0)
-            memcpy(segment, h->target + prefix_len, segment_len);
-
-        st = jg_uuid_parse_segment(segment, segment_len, job);
-        FUZZ_CHECK(st == JG_UUID_OK || st == JG_UUID_NOT_V4 ||
-                   st == JG_UUID_INVALID);
-        if (st != JG_UUID_INVALID) {
-            FUZZ_CHECK(memchr(segment, '/', segment_len) == NULL);
-            FUZZ_CHECK(memchr(segment, '\0', segment_len) == NULL);
-            FUZZ_CHECK(!contains(segment, segment_len, "%2f"));
-            FUZZ_CHECK(!contains(segment, segment_len, "%00"));
-            FUZZ_CHECK(!contains(segment, segment_len, ".."));
-        }
-        jg_free(segment);
+    name = jg_route_match(target, &segment, &segment_len);
+    FUZZ_CHECK((name != NULL) == model_route(target, target_len, &prefix_len));
+    if (name == NULL) {
+        jg_free(target);
+        return;
     }
+    FUZZ_CHECK(strcmp(name, "job") == 0 || strcmp(name, "public-job") == 0);
+    FUZZ_CHECK(segment == target + prefix_len);
+    FUZZ_CHECK(segment_len > 0);
+    FUZZ_CHECK(segment + segment_len <= target + target_len);
+    FUZZ_CHECK(memchr(segment, '/', segment_len) == NULL);
+    FUZZ_CHECK(memchr(segment, '?', segment_len) == NULL);
+
+    st = jg_uuid_parse_segment(segment, segment_len, job);
+    FUZZ_CHECK(st == JG_UUID_OK || st == JG_UUID_NOT_V4 ||
+               st == JG_UUID_INVALID);
+    if (st != JG_UUID_INVALID) {
+        FUZZ_CHECK(!contains(segment, segment_len, "%2f"));
+        FUZZ_CHECK(!contains(segment, segment_len, "%00"));
+        FUZZ_CHECK(!contains(segment, segment_len, ".."));
+    }
+    jg_free(target);
 }
 
 static bool
