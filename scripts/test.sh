@@ -2,9 +2,9 @@
 # Install the test dependencies, build, and run every test: the unit tests
 # and fuzz-seed replays (ctest) and the integration tests (node --test
 # against the built jobgate), first in a normal build, then once more with
-# jobgate under valgrind memcheck, then a short run of every libFuzzer
-# target, and last everything again in a build with AddressSanitizer and
-# UndefinedBehaviorSanitizer. FUZZ_SECONDS sets the time per fuzz target
+# two worker loops, then with jobgate under valgrind memcheck, then a short
+# run of every libFuzzer target, and last everything again in a build with
+# AddressSanitizer and UndefinedBehaviorSanitizer. FUZZ_SECONDS sets the time per fuzz target
 # (default 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +35,9 @@ cmake --build build-release -j"$jobs" --target jobgate
 echo "== plain build"
 build_and_unit_test build
 integration_test build
+
+echo "== integration tests with workers = 2"
+JG_TEST_WORKERS=2 integration_test build
 
 echo "== integration tests with jobgate under valgrind memcheck"
 JG_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite" \

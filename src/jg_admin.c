@@ -1,8 +1,9 @@
 /*
  * The admin listener: GET /healthz, GET /readyz, GET /metrics in the
  * Prometheus text format, and DELETE /cache/jobs/{job_id} and
- * DELETE /cache/orgs/{org_id} to purge entries. It shares the event loop
- * with the proxy port and must only be reachable by operators.
+ * DELETE /cache/orgs/{org_id} to purge entries. It runs on worker 0's
+ * event loop, shows the sums of every worker's counters, and must only be
+ * reachable by operators.
  */
 #include <event2/buffer.h>
 #include <event2/http.h>
@@ -43,11 +44,23 @@ metric(struct evbuffer *out, const char *name, const char *help,
 static void
 render_metrics(struct jg_server *srv, struct evbuffer *out)
 {
-    const struct jg_metrics *m = &srv->metrics;
-    const struct jg_cache_stats *cs = jg_cache_stats(srv->cache);
-    const struct jg_principal_stats *ps = jg_principals_stats(srv->principals);
-    const struct jg_http_stats *hs = jg_http_stats(srv->front);
+    struct jg_metrics metrics = {0};
+    struct jg_cache_stats cache_stats = {0};
+    struct jg_http_stats http_stats = {0};
+    struct jg_principal_stats principal_stats = {0};
+    const struct jg_metrics *m = &metrics;
+    const struct jg_cache_stats *cs = &cache_stats;
+    const struct jg_http_stats *hs = &http_stats;
+    const struct jg_principal_stats *ps = &principal_stats;
+    uint64_t connections;
+    uint64_t upstream_active;
     size_t i;
+
+    jg_server_sum_stats(srv, &metrics, &cache_stats, &http_stats,
+                        &connections, &upstream_active);
+    jg_counters_add((uint64_t *)&principal_stats,
+                    (const uint64_t *)jg_principals_stats(srv->principals),
+                    sizeof(principal_stats) / sizeof(uint64_t));
 
     metric(out, "jobgate_requests_total", "Requests on the proxy port.",
            "counter", m->requests);
@@ -83,7 +96,7 @@ render_metrics(struct jg_server *srv, struct evbuffer *out)
     metric(out, "jobgate_upstream_timeouts_total", "Upstream timeouts.",
            "counter", m->upstream_timeouts);
     metric(out, "jobgate_upstream_active", "Upstream requests in flight.",
-           "gauge", jg_upstream_active(srv->upstream));
+           "gauge", upstream_active);
     metric(out, "jobgate_coalesced_total",
            "Misses that joined an upstream request in flight.", "counter",
            m->coalesced);
@@ -99,7 +112,7 @@ render_metrics(struct jg_server *srv, struct evbuffer *out)
            "Connections closed because max_connections was reached.",
            "counter", hs->connections_rejected);
     metric(out, "jobgate_connections", "Open client connections.", "gauge",
-           jg_http_connections(srv->front));
+           connections);
     metric(out, "jobgate_header_timeouts_total",
            "Connections closed by the request read deadline.", "counter",
            hs->request_timeouts);
@@ -113,6 +126,16 @@ render_metrics(struct jg_server *srv, struct evbuffer *out)
         evbuffer_add_printf(out, "jobgate_responses_total{class=\"%zuxx\"} "
                             "%llu\n", i,
                             (unsigned long long)m->responses[i]);
+
+    evbuffer_add_printf(out, "# HELP jobgate_worker_requests_total Requests "
+                        "on the proxy port by worker.\n# TYPE "
+                        "jobgate_worker_requests_total counter\n");
+    for (i = 0; i < srv->shared->worker_count; i++)
+        evbuffer_add_printf(
+            out, "jobgate_worker_requests_total{worker=\"%zu\"} %llu\n", i,
+            (unsigned long long)__atomic_load_n(
+                &srv->shared->workers[i]->metrics.requests,
+                __ATOMIC_RELAXED));
 
     metric(out, "jobgate_cache_lookup_hits_total", "LMDB lookups that hit.",
            "counter", cs->hits);

@@ -68,11 +68,12 @@
 #define NODE_HEADER_BYTES 8
 
 /*
- * With MDB_NOTLS each open jg_cache takes exactly one reader slot, and
- * write transactions take none, so a process needs one slot. 126 is LMDB's
- * default: room for 126 processes sharing one directory, plus mdb_stat.
+ * With MDB_NOTLS each handle takes exactly one reader slot, and write
+ * transactions take none, so a process needs one slot per worker thread
+ * (64 at most). 254 leaves room for several such processes sharing one
+ * directory, plus mdb_stat.
  */
-#define MAX_READERS 126
+#define MAX_READERS 254
 
 /* Rows one eviction or purge transaction deletes at most, which bounds
  * its dirty pages well below LMDB's limit on a transaction's dirty pages. */
@@ -123,6 +124,16 @@ struct jg_cache {
 
     char *dir;
     uint64_t ttl_s;
+
+    /*
+     * Set on a handle from jg_cache_share(), which uses the environment of
+     * another and must not close it. Once a cache is shared, no handle
+     * adopts a map grown by another process: mdb_env_set_mapsize() needs
+     * every transaction of the process to be over, which one thread
+     * cannot know of the others.
+     */
+    bool borrowed_env;
+    bool shared;
 
     struct pending_write *pending;
     size_t pending_len;
@@ -294,7 +305,7 @@ open_env(struct jg_cache *cache, uint64_t max_bytes, char *err,
         step = "mdb_reader_check";
         goto fail;
     }
-    cache->stats.stale_readers += (uint64_t)dead;
+    JG_COUNT_ADD(cache->stats.stale_readers, (uint64_t)dead);
     if (dead > 0)
         jg_log_info("cache %s: cleared %d stale reader slots", cache->dir,
                     dead);
@@ -350,7 +361,7 @@ free_cache(struct jg_cache *cache)
 
     if (cache->reader != NULL)
         mdb_txn_abort(cache->reader);
-    if (cache->env != NULL)
+    if (cache->env != NULL && !cache->borrowed_env)
         mdb_env_close(cache->env);
     for (i = 0; i < cache->pending_len; i++)
         jg_free(cache->pending[i].value);
@@ -394,6 +405,34 @@ jg_cache_open(struct jg_cache **out, const struct jg_cache_options *opts,
     return 0;
 }
 
+struct jg_cache *
+jg_cache_share(struct jg_cache *cache)
+{
+    struct jg_cache *other = jg_calloc(1, sizeof(*other));
+    int rc;
+
+    other->env = cache->env;
+    other->borrowed_env = true;
+    other->main_dbi = cache->main_dbi;
+    other->entries = cache->entries;
+    other->by_time = cache->by_time;
+    other->dir = jg_strdup(cache->dir);
+    other->ttl_s = cache->ttl_s;
+
+    rc = mdb_txn_begin(other->env, NULL, MDB_RDONLY, &other->reader);
+    if (rc != 0) {
+        jg_log_error("cache %s: cannot begin a read transaction for "
+                     "another thread: %s",
+                     cache->dir, mdb_strerror(rc));
+        free_cache(other);
+        return NULL;
+    }
+    mdb_txn_reset(other->reader);
+    cache->shared = true;
+    other->shared = true;
+    return other;
+}
+
 void
 jg_cache_close(struct jg_cache *cache)
 {
@@ -426,7 +465,7 @@ reader_begin(struct jg_cache *cache, bool *started)
         return 0;
 
     rc = mdb_txn_renew(cache->reader);
-    if (rc == MDB_MAP_RESIZED) {
+    if (rc == MDB_MAP_RESIZED && !cache->shared) {
         /* Another process grew the map past ours: adopt its size. */
         rc = mdb_env_set_mapsize(cache->env, 0);
         if (rc == 0)
@@ -462,7 +501,7 @@ begin_write(struct jg_cache *cache, MDB_txn **txn)
     rc = mdb_txn_begin(cache->env, NULL, 0, txn);
 
     /* Remapping would move the memory that a held hit points into. */
-    if (rc == MDB_MAP_RESIZED && !cache->reader_active) {
+    if (rc == MDB_MAP_RESIZED && !cache->reader_active && !cache->shared) {
         rc = mdb_env_set_mapsize(cache->env, 0);
         if (rc == 0)
             rc = mdb_txn_begin(cache->env, NULL, 0, txn);
@@ -638,7 +677,7 @@ jg_cache_get(struct jg_cache *cache, const uint8_t org[JG_UUID_LEN],
 
     rc = reader_begin(cache, &started);
     if (rc != 0) {
-        cache->stats.read_errors++;
+        JG_COUNT(cache->stats.read_errors);
         jg_log_error("cache %s: renewing the read transaction failed: %s",
                      cache->dir, mdb_strerror(rc));
         return JG_CACHE_ERROR;
@@ -646,12 +685,12 @@ jg_cache_get(struct jg_cache *cache, const uint8_t org[JG_UUID_LEN],
 
     rc = mdb_get(cache->reader, cache->entries, &k, &v);
     if (rc == MDB_NOTFOUND) {
-        cache->stats.misses++;
+        JG_COUNT(cache->stats.misses);
         reader_end(cache, started);
         return JG_CACHE_MISS;
     }
     if (rc != 0) {
-        cache->stats.read_errors++;
+        JG_COUNT(cache->stats.read_errors);
         format_key(key, key_str);
         jg_log_error("cache %s: mdb_get of %s failed: %s", cache->dir,
                      key_str, mdb_strerror(rc));
@@ -663,7 +702,7 @@ jg_cache_get(struct jg_cache *cache, const uint8_t org[JG_UUID_LEN],
      * overwrites it. */
     status = jg_entry_decode(v.mv_data, v.mv_size, entry);
     if (status != JG_ENTRY_OK) {
-        cache->stats.corrupt++;
+        JG_COUNT(cache->stats.corrupt);
         format_key(key, key_str);
         jg_log_warn("cache %s: entry %s is corrupt (%s); treated as a miss",
                     cache->dir, key_str, jg_entry_status_name(status));
@@ -672,13 +711,13 @@ jg_cache_get(struct jg_cache *cache, const uint8_t org[JG_UUID_LEN],
     }
 
     if (is_expired(cache, entry->stored_at, now)) {
-        cache->stats.expired++;
+        JG_COUNT(cache->stats.expired);
         reader_end(cache, started);
         return JG_CACHE_EXPIRED;
     }
 
     /* The transaction stays active: entry points into the map. */
-    cache->stats.hits++;
+    JG_COUNT(cache->stats.hits);
     return JG_CACHE_HIT;
 }
 
@@ -990,7 +1029,7 @@ evict_txn(struct jg_cache *cache, struct evict_step *step)
     rc = mdb_txn_commit(txn);
     if (rc != 0)
         return rc;
-    cache->stats.evicted += evicted;
+    JG_COUNT_ADD(cache->stats.evicted, evicted);
     return 0;
 
 fail:
@@ -1101,7 +1140,7 @@ make_room(struct jg_cache *cache, bool forced)
 static void
 drop_map_full(struct jg_cache *cache)
 {
-    cache->stats.dropped_map_full += cache->pending_len;
+    JG_COUNT_ADD(cache->stats.dropped_map_full, cache->pending_len);
     if (!cache->map_full_logged)
         jg_log_warn("cache %s: no room in the map for %zu entries after "
                     "eviction; dropped them, and later drops are only "
@@ -1128,7 +1167,7 @@ jg_cache_flush(struct jg_cache *cache)
         /* A dead process's reader slot may be what keeps free pages from
          * reuse. */
         if (mdb_reader_check(cache->env, &dead) == 0 && dead > 0) {
-            cache->stats.stale_readers += (uint64_t)dead;
+            JG_COUNT_ADD(cache->stats.stale_readers, (uint64_t)dead);
             jg_log_info("cache %s: cleared %d stale reader slots",
                         cache->dir, dead);
         }
@@ -1144,14 +1183,14 @@ jg_cache_flush(struct jg_cache *cache)
     }
 
     if (rc != 0) {
-        cache->stats.write_errors++;
+        JG_COUNT(cache->stats.write_errors);
         jg_log_error("cache %s: writing %zu entries failed: %s; dropped",
                      cache->dir, count, mdb_strerror(rc));
         clear_pending(cache);
         return -1;
     }
 
-    cache->stats.writes += count;
+    JG_COUNT_ADD(cache->stats.writes, count);
     cache->map_full_logged = false;
     clear_pending(cache);
     return (int)count;

@@ -134,6 +134,10 @@ static const struct key_def config_keys[] = {
      .offset = FIELD(share_scope), .choices = share_scope_names,
      .help = "org: callers proven for one organization share its entries; "
              "credential: each credential sees only what it fetched"},
+    {.name = "workers", .type = KEY_UINT, .default_value = "1",
+     .offset = FIELD(workers), .min = 1, .max = 64, .unit = "threads",
+     .help = "event loops serving the proxy port, one thread each, all "
+             "accepting on one listening socket"},
     {.name = "upstream_timeout_ms", .type = KEY_MILLISECONDS,
      .default_value = "10000", .offset = FIELD(upstream_timeout_ms),
      .min = 1, .max = 3600000,
@@ -1097,6 +1101,23 @@ jg_config_check(const struct jg_config *cfg, char *err, size_t errlen)
                   " (from %s): expected a cacheable body to fit in the cache",
                   origin_of(cfg, "max_body_bytes"), cfg->max_body_bytes,
                   cfg->cache_max_bytes, origin_of(cfg, "cache_max_bytes"));
+        return -1;
+    }
+    if (cfg->upstream_max_connections < cfg->workers) {
+        set_error(err, errlen, "%s: key \"upstream_max_connections\": value %"
+                  PRIu64 " is below workers %" PRIu64 " (from %s): expected "
+                  "at least one upstream connection per worker",
+                  origin_of(cfg, "upstream_max_connections"),
+                  cfg->upstream_max_connections, cfg->workers,
+                  origin_of(cfg, "workers"));
+        return -1;
+    }
+    if (cfg->max_connections < cfg->workers) {
+        set_error(err, errlen, "%s: key \"max_connections\": value %" PRIu64
+                  " is below workers %" PRIu64 " (from %s): expected at "
+                  "least one client connection per worker",
+                  origin_of(cfg, "max_connections"), cfg->max_connections,
+                  cfg->workers, origin_of(cfg, "workers"));
         return -1;
     }
     return 0;

@@ -291,7 +291,7 @@ send_error(struct jg_http_conn *conn, int status, const char *message)
     struct iovec iov;
     int len;
 
-    conn->srv->stats.bad_requests++;
+    JG_COUNT(conn->srv->stats.bad_requests);
     len = snprintf(buf, sizeof(buf),
                    "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: "
                    "application/json\r\nContent-Length: %zu\r\nConnection: "
@@ -321,7 +321,7 @@ conn_close(struct jg_http_conn *conn)
         srv->conns = conn->next;
     if (conn->next != NULL)
         conn->next->prev = conn->prev;
-    srv->conn_count--;
+    JG_COUNT_SUB(srv->conn_count, 1);
 
     event_free(conn->read_event);
     event_free(conn->write_event);
@@ -347,7 +347,7 @@ on_deadline(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (conn->busy)
         return;
-    conn->srv->stats.request_timeouts++;
+    JG_COUNT(conn->srv->stats.request_timeouts);
     jg_log_debug("http: closing a connection that sent no complete request "
                  "in time");
     conn_close(conn);
@@ -450,8 +450,8 @@ conn_open(struct jg_http_server *srv, int fd)
     if (srv->conns != NULL)
         srv->conns->prev = conn;
     srv->conns = conn;
-    srv->conn_count++;
-    srv->stats.connections_accepted++;
+    JG_COUNT(srv->conn_count);
+    JG_COUNT(srv->stats.connections_accepted);
 
     event_add(conn->read_event, NULL);
     arm_deadline(conn, srv->limits.header_timeout_ms);
@@ -469,7 +469,7 @@ on_accept(struct evconnlistener *listener, evutil_socket_t fd,
     if (srv->conn_count >= srv->limits.max_connections) {
         uint64_t now = jg_now_ms();
 
-        srv->stats.connections_rejected++;
+        JG_COUNT(srv->stats.connections_rejected);
         /* One line a second at most: a flood must not flood the log. */
         if (now - srv->last_reject_log_ms >= 1000) {
             jg_log_warn("closing new connections: max_connections (%zu) "
@@ -1264,7 +1264,7 @@ int
 jg_http_adopt_fd(struct jg_http_server *srv, int fd)
 {
     if (srv->conn_count >= srv->limits.max_connections) {
-        srv->stats.connections_rejected++;
+        JG_COUNT(srv->stats.connections_rejected);
         return -1;
     }
     evutil_make_socket_nonblocking(fd);
@@ -1303,7 +1303,8 @@ jg_http_close_idle(struct jg_http_server *srv)
 size_t
 jg_http_connections(const struct jg_http_server *srv)
 {
-    return srv->conn_count;
+    /* The metrics page of another worker thread may ask. */
+    return __atomic_load_n(&srv->conn_count, __ATOMIC_RELAXED);
 }
 
 void

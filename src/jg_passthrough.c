@@ -216,9 +216,9 @@ passthrough_done(const struct jg_upstream_response *resp, void *arg)
                  : resp->error == JG_FETCH_CANCELLED ? 503
                                                      : 502;
         if (resp->error == JG_FETCH_TIMEOUT)
-            srv->metrics.upstream_timeouts++;
+            JG_COUNT(srv->metrics.upstream_timeouts);
         else
-            srv->metrics.upstream_errors++;
+            JG_COUNT(srv->metrics.upstream_errors);
         jg_log_warn("upstream %s %s failed: %s (%s)", pt->method, pt->path,
                     jg_fetch_error_name(resp->error), resp->error_text);
         jg_http_add_header(req, "Cache-Status", "jobgate; fwd=bypass");
@@ -270,7 +270,7 @@ jg_passthrough_start(struct jg_server *srv, struct jg_http_request *req,
 
     headers = jg_forward_headers(req, 0, NULL);
 
-    srv->metrics.upstream_requests++;
+    JG_COUNT(srv->metrics.upstream_requests);
     jg_upstream_fetch(srv->upstream, method, target, headers, body, body_len,
                       passthrough_done, pt);
 }

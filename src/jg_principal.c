@@ -19,10 +19,14 @@
  * Times are monotonic, in the caller's unit (jobgate uses milliseconds, so
  * that a proof lives auth_ttl seconds to the millisecond). A proof learned
  * at t is valid while now < t + ttl, so it is expired from t + ttl on.
+ *
+ * One table serves every worker thread of a process, behind a read-write
+ * lock. Hashing needs no lock: the pad states never change after creation.
  */
 #include "jobgate/jg_principal.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +69,11 @@ struct principal {
 };
 
 struct jg_principals {
+    /*
+     * Every worker thread reads the table on each hit; learn and forget,
+     * rare by comparison, take it for writing.
+     */
+    pthread_rwlock_t lock;
     /*
      * SHA-256 states after the key's inner and outer pad blocks (RFC 2104),
      * computed once at creation. A hash copies them and absorbs only the
@@ -237,6 +246,8 @@ jg_principals_create_keyed(size_t max_entries, uint64_t ttl,
     table->free_head = NIL;
     table->oldest = NIL;
     table->newest = NIL;
+    if (pthread_rwlock_init(&table->lock, NULL) != 0)
+        fatal("cannot create the principal table lock");
     return table;
 }
 
@@ -253,6 +264,7 @@ jg_principals_free(struct jg_principals *table)
                     table->max_entries * sizeof(*table->entries));
     jg_free(table->entries);
     jg_free(table->buckets);
+    pthread_rwlock_destroy(&table->lock);
     jg_free(table);
 }
 
@@ -403,7 +415,7 @@ remove_at(struct jg_principals *table, size_t b)
     memset(p, 0, sizeof(*p));
     p->newer = table->free_head;
     table->free_head = i;
-    table->stats.entries--;
+    JG_COUNT_SUB(table->stats.entries, 1);
 }
 
 static void
@@ -413,7 +425,7 @@ evict_oldest(struct jg_principals *table)
     size_t b = probe(table, table->entries[table->oldest].hash, &found);
 
     remove_at(table, b);
-    table->stats.evicted++;
+    JG_COUNT(table->stats.evicted);
 }
 
 /* Record org with a new expiry, as the newest proof of p. */
@@ -449,12 +461,14 @@ jg_principals_learn(struct jg_principals *table,
 {
     uint64_t expires = now + table->ttl;
     bool found;
-    size_t b = probe(table, hash, &found);
+    size_t b;
     uint32_t i;
 
     if (expires < now)
         expires = UINT64_MAX;
-    table->stats.learned++;
+    pthread_rwlock_wrlock(&table->lock);
+    b = probe(table, hash, &found);
+    JG_COUNT(table->stats.learned);
 
     if (found) {
         i = table->buckets[b] - 1;
@@ -469,11 +483,12 @@ jg_principals_learn(struct jg_principals *table,
         memcpy(table->entries[i].hash, hash, JG_CRED_HASH_LEN);
         table->entries[i].proof_count = 0;
         table->buckets[b] = i + 1;
-        table->stats.entries++;
+        JG_COUNT(table->stats.entries);
     }
 
     order_append(table, i);
     add_proof(&table->entries[i], org, expires);
+    pthread_rwlock_unlock(&table->lock);
 }
 
 void
@@ -481,12 +496,15 @@ jg_principals_forget(struct jg_principals *table,
                      const uint8_t hash[JG_CRED_HASH_LEN])
 {
     bool found;
-    size_t b = probe(table, hash, &found);
+    size_t b;
 
-    if (!found)
-        return;
-    remove_at(table, b);
-    table->stats.forgotten++;
+    pthread_rwlock_wrlock(&table->lock);
+    b = probe(table, hash, &found);
+    if (found) {
+        remove_at(table, b);
+        JG_COUNT(table->stats.forgotten);
+    }
+    pthread_rwlock_unlock(&table->lock);
 }
 
 /* The entry of hash, or NULL. */
@@ -505,20 +523,20 @@ jg_principals_orgs(struct jg_principals *table,
                    const uint8_t hash[JG_CRED_HASH_LEN], uint64_t now,
                    uint8_t orgs[][JG_UUID_LEN], size_t max)
 {
-    const struct principal *p = lookup(table, hash);
+    const struct principal *p;
     size_t copied = 0;
     uint32_t k;
 
-    if (p == NULL)
-        return 0;
-
+    pthread_rwlock_rdlock(&table->lock);
+    p = lookup(table, hash);
     /* Newest first: the most recent proof is the likeliest to be used. */
-    for (k = p->proof_count; k > 0 && copied < max; k--) {
+    for (k = p != NULL ? p->proof_count : 0; k > 0 && copied < max; k--) {
         const struct proof *proof = &p->proofs[k - 1];
 
         if (now < proof->expires)
             memcpy(orgs[copied++], proof->org, JG_UUID_LEN);
     }
+    pthread_rwlock_unlock(&table->lock);
     return copied;
 }
 
@@ -527,16 +545,20 @@ jg_principals_allows(struct jg_principals *table,
                      const uint8_t hash[JG_CRED_HASH_LEN],
                      const uint8_t org[JG_UUID_LEN], uint64_t now)
 {
-    const struct principal *p = lookup(table, hash);
+    const struct principal *p;
+    bool allowed = false;
     uint32_t k;
 
-    if (p == NULL)
-        return false;
-    for (k = 0; k < p->proof_count; k++) {
-        if (memcmp(p->proofs[k].org, org, JG_UUID_LEN) == 0)
-            return now < p->proofs[k].expires;
+    pthread_rwlock_rdlock(&table->lock);
+    p = lookup(table, hash);
+    for (k = 0; p != NULL && k < p->proof_count; k++) {
+        if (memcmp(p->proofs[k].org, org, JG_UUID_LEN) == 0) {
+            allowed = now < p->proofs[k].expires;
+            break;
+        }
     }
-    return false;
+    pthread_rwlock_unlock(&table->lock);
+    return allowed;
 }
 
 const struct jg_principal_stats *

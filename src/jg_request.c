@@ -14,6 +14,12 @@
  * 401 or 403 earned by another credential, or a job of an organization its
  * credential is not proven for) sends a fetch of its own instead.
  *
+ * The flight table is shared by every worker of the process, behind one
+ * lock, so a request may wait on a flight that another worker leads. The
+ * leader's worker answers its own waiters, and posts each other waiter to
+ * its worker with a copy of the outcome, because a connection is only
+ * written by the thread that accepted it.
+ *
  * A client that disconnects while waiting stays in its flight: the HTTP
  * server keeps the request until it is answered exactly once and notices
  * the closed connection only then, so a waiter never frees anything
@@ -21,6 +27,8 @@
  * cached.
  */
 #include <sys/queue.h>
+
+#include <pthread.h>
 
 #include <curl/curl.h>
 #include <event2/buffer.h>
@@ -71,6 +79,7 @@ struct flight_key {
 };
 
 struct job_request;
+struct shared_outcome;
 
 struct jg_flight {
     struct jg_flight *next;       /* bucket chain */
@@ -83,7 +92,8 @@ struct jg_flight {
     bool leader_has_cred;
     uint8_t leader_cred[JG_CRED_HASH_LEN];
     uint8_t leader_owner[JG_ENTRY_OWNER_LEN];
-    uint64_t forget_epoch;        /* srv->forget_epoch when the fetch began */
+    uint64_t forget_epoch;        /* the shared forget_epoch when the fetch
+                                     began */
     uint8_t job[JG_UUID_LEN];
 };
 
@@ -107,10 +117,14 @@ struct job_request {
     bool collapsed;               /* joined a flight it did not start */
     struct jg_flight *flight;
     struct job_request *next_waiter;
+    struct shared_outcome *remote_outcome; /* set while posted to this
+                                              request's worker */
     uint64_t started_ms;
 };
 
-static void flight_start(struct job_request *jr, bool shareable);
+static struct jg_flight *flight_new(struct job_request *jr);
+static void flight_fetch(struct jg_flight *flight, struct job_request *jr);
+static void flight_start(struct job_request *jr);
 
 /*
  * Write the credential fingerprint for a log line, or return "-". It is
@@ -241,7 +255,7 @@ reply_hit(struct job_request *jr, const struct jg_entry *entry, int64_t now)
     jg_http_add_header(jr->req, "ETag", etag);
 
     if (inm != NULL && etag_matches(inm, etag)) {
-        jr->srv->metrics.not_modified++;
+        JG_COUNT(jr->srv->metrics.not_modified);
         job_request_log(jr, 304, "hit", -1);
         jg_server_reply(jr->srv, jr->req, 304, NULL, 0);
         job_request_done(jr);
@@ -277,7 +291,7 @@ lookup(struct job_request *jr)
     count = jg_principals_orgs(srv->principals, jr->cred, now_ms, orgs,
                                JG_PRINCIPAL_MAX_ORGS);
     if (count == 0) {
-        srv->metrics.unproven_misses++;
+        JG_COUNT(srv->metrics.unproven_misses);
         return false;
     }
 
@@ -293,7 +307,7 @@ lookup(struct job_request *jr)
             continue;
         }
         if (res == JG_CACHE_HIT) {
-            srv->metrics.cache_hits++;
+            JG_COUNT(srv->metrics.cache_hits);
             reply_hit(jr, &entry, wall);
             jg_cache_release(srv->cache);
             return true;
@@ -321,28 +335,31 @@ flight_hash(const struct flight_key *key)
     return h;
 }
 
+/* The table's slot for key. Call with the flights lock held. */
 static struct jg_flight **
-flight_slot(struct jg_server *srv, const struct flight_key *key)
+flight_slot(struct jg_shared *sh, const struct flight_key *key)
 {
     struct jg_flight **slot;
 
-    slot = &srv->flights[flight_hash(key) % srv->flight_buckets];
+    slot = &sh->flights[flight_hash(key) % sh->flight_buckets];
     while (*slot != NULL && memcmp(&(*slot)->key, key, sizeof(*key)) != 0)
         slot = &(*slot)->next;
     return slot;
 }
 
+/* Call with the flights lock held. */
 static void
 flight_unlink(struct jg_flight *flight)
 {
+    struct jg_shared *sh = flight->srv->shared;
     struct jg_flight **slot;
 
     if (!flight->in_table)
         return;
-    slot = flight_slot(flight->srv, &flight->key);
+    slot = flight_slot(sh, &flight->key);
     *slot = flight->next;
     flight->in_table = false;
-    flight->srv->flight_count--;
+    sh->flight_count--;
 }
 
 /*
@@ -387,49 +404,81 @@ flight_add_waiter(struct jg_flight *flight, struct job_request *jr)
     flight->waiter_count++;
 }
 
-/* Join a flight for the same job and scope, or start one. */
+/*
+ * Join a flight for the same job and scope, or start one. The lookup and
+ * the insertion of a new flight happen under one hold of the lock, so two
+ * workers missing the same job at once still send one request.
+ */
 static void
 miss(struct job_request *jr)
 {
     struct jg_server *srv = jr->srv;
+    struct jg_shared *sh = srv->shared;
     struct flight_key key;
+    struct jg_flight **slot;
     struct jg_flight *flight;
 
-    srv->metrics.cache_misses++;
+    JG_COUNT(srv->metrics.cache_misses);
     if (!flight_key_for(jr, &key)) {
-        flight_start(jr, false);
+        flight_start(jr);
         return;
     }
 
-    flight = *flight_slot(srv, &key);
+    pthread_mutex_lock(&sh->flights_lock);
+    slot = flight_slot(sh, &key);
+    flight = *slot;
     if (flight == NULL) {
-        flight_start(jr, true);
+        flight = flight_new(jr);
+        flight->key = key;
+        flight->next = NULL;
+        *slot = flight;
+        flight->in_table = true;
+        sh->flight_count++;
+        pthread_mutex_unlock(&sh->flights_lock);
+        flight_fetch(flight, jr);
         return;
     }
     if (flight->waiter_count >= srv->cfg.max_waiters) {
-        srv->metrics.coalesce_full++;
-        flight_start(jr, false);
+        pthread_mutex_unlock(&sh->flights_lock);
+        JG_COUNT(srv->metrics.coalesce_full);
+        flight_start(jr);
         return;
     }
-
-    srv->metrics.coalesced++;
     jr->collapsed = true;
     flight_add_waiter(flight, jr);
     set_state(jr, JOB_WAITING);
+    pthread_mutex_unlock(&sh->flights_lock);
+    JG_COUNT(srv->metrics.coalesced);
 }
 
 /* ---- answers after a fetch ----------------------------------------- */
 
-/* The outcome of one finished fetch, as its waiters see it. */
+/*
+ * The outcome of one finished fetch, as its waiters see it. For waiters on
+ * the flight's own worker it points into the upstream response; for those
+ * on other workers into a copy (struct shared_outcome).
+ */
 struct outcome {
-    const struct jg_upstream_response *resp;
+    enum jg_fetch_error error;
+    uint64_t elapsed_ms;
+    const struct evkeyvalq *headers;
     int status;
     const char *body;
     size_t body_len;
     bool org_valid;
     uint8_t org[JG_UUID_LEN];
     bool stored;
-    const char *detail;           /* why the answer was not stored */
+    const char *detail;           /* why the answer was not stored; static */
+    bool leader_has_cred;
+    uint8_t leader_cred[JG_CRED_HASH_LEN];
+};
+
+/* An outcome copied for the waiters on other workers. */
+struct shared_outcome {
+    struct outcome oc;
+    struct evkeyvalq headers;
+    char *body;
+    size_t refs;                  /* atomic: remote waiters not yet answered */
 };
 
 /* Every Cache-Control field line counts, not only the first. */
@@ -467,14 +516,15 @@ judge_response(struct jg_flight *flight, struct outcome *oc)
      * nothing, and the next request proves the credential again.
      */
     if (res.org_valid && flight->leader_has_cred &&
-        flight->forget_epoch == srv->forget_epoch)
+        flight->forget_epoch ==
+            __atomic_load_n(&srv->shared->forget_epoch, __ATOMIC_ACQUIRE))
         jg_principals_learn(srv->principals, flight->leader_cred, res.org,
                             jg_now_ms());
 
-    ctype = evhttp_find_header(oc->resp->headers, "Content-Type");
+    ctype = evhttp_find_header(oc->headers, "Content-Type");
     if (verdict != JG_INSPECT_CACHEABLE) {
         oc->detail = jg_inspect_verdict_name(verdict);
-    } else if (no_store_requested(oc->resp->headers)) {
+    } else if (no_store_requested(oc->headers)) {
         oc->detail = "no-store";
     } else if (ctype == NULL || strlen(ctype) > 255) {
         oc->detail = "bad-content-type";
@@ -492,25 +542,24 @@ judge_response(struct jg_flight *flight, struct outcome *oc)
         jg_cache_put(srv->cache, res.org, flight->job, &entry);
         jg_server_schedule_flush(srv);
         oc->stored = true;
-        srv->metrics.stored++;
+        JG_COUNT(srv->metrics.stored);
         return;
     }
-    srv->metrics.not_stored++;
+    JG_COUNT(srv->metrics.not_stored);
     jg_log_debug("job %.*s not stored: %s", flight->waiters->path_len,
                  flight->waiters->target, oc->detail);
 }
 
 /* May this waiter see the answer its flight's leader received? */
 static bool
-may_share(const struct jg_flight *flight, const struct job_request *jr,
-          const struct outcome *oc)
+may_share(const struct job_request *jr, const struct outcome *oc)
 {
-    bool same_cred = jr->has_cred == flight->leader_has_cred &&
+    bool same_cred = jr->has_cred == oc->leader_has_cred &&
                      (!jr->has_cred ||
-                      memcmp(jr->cred, flight->leader_cred,
+                      memcmp(jr->cred, oc->leader_cred,
                              JG_CRED_HASH_LEN) == 0);
 
-    if (same_cred || oc->resp->error != JG_FETCH_OK)
+    if (same_cred || oc->error != JG_FETCH_OK)
         return true;
     if (oc->status == 401 || oc->status == 403)
         return false;
@@ -524,7 +573,7 @@ may_share(const struct jg_flight *flight, const struct job_request *jr,
 static void
 reply_upstream_error(struct job_request *jr, const struct outcome *oc)
 {
-    enum jg_fetch_error err = oc->resp->error;
+    enum jg_fetch_error err = oc->error;
     char cache_status[128];
 
     snprintf(cache_status, sizeof(cache_status),
@@ -532,7 +581,7 @@ reply_upstream_error(struct job_request *jr, const struct outcome *oc)
              jr->refresh ? "request" : (jr->stale ? "stale" : "miss"),
              jg_fetch_error_name(err), jr->collapsed ? "; collapsed" : "");
     jg_http_add_header(jr->req, "Cache-Status", cache_status);
-    job_request_log(jr, oc->status, "error", (long)oc->resp->elapsed_ms);
+    job_request_log(jr, oc->status, "error", (long)oc->elapsed_ms);
     jg_reply_detail(jr->srv, jr->req, oc->status,
                     err == JG_FETCH_TIMEOUT     ? "upstream timed out"
                     : err == JG_FETCH_TOO_LARGE ? "upstream response too large"
@@ -547,12 +596,12 @@ reply_upstream(struct job_request *jr, const struct outcome *oc)
     char cache_status[160];
 
     set_state(jr, JOB_REPLYING);
-    if (oc->resp->error != JG_FETCH_OK) {
+    if (oc->error != JG_FETCH_OK) {
         reply_upstream_error(jr, oc);
         return;
     }
 
-    jg_copy_response_headers(oc->resp->headers, jr->req);
+    jg_copy_response_headers(oc->headers, jr->req);
     snprintf(cache_status, sizeof(cache_status),
              "jobgate; fwd=%s; fwd-status=%d%s%s%s",
              jr->refresh ? "request" : (jr->stale ? "stale" : "miss"),
@@ -564,9 +613,58 @@ reply_upstream(struct job_request *jr, const struct outcome *oc)
                 sizeof(cache_status) - strlen(cache_status) - 1);
     jg_http_add_header(jr->req, "Cache-Status", cache_status);
     job_request_log(jr, oc->status, oc->stored ? "stored" : "miss",
-                    (long)oc->resp->elapsed_ms);
+                    (long)oc->elapsed_ms);
     jg_server_reply(jr->srv, jr->req, oc->status, oc->body, oc->body_len);
     job_request_done(jr);
+}
+
+/* Answer a waiter with its flight's outcome, or fetch again for it. */
+static void
+deliver(struct job_request *jr, const struct outcome *oc)
+{
+    jr->flight = NULL;
+    if (may_share(jr, oc)) {
+        reply_upstream(jr, oc);
+        return;
+    }
+    JG_COUNT(jr->srv->metrics.refetched);
+    flight_start(jr);
+}
+
+static struct shared_outcome *
+share_outcome(const struct outcome *oc)
+{
+    struct shared_outcome *so = jg_calloc(1, sizeof(*so));
+    const struct evkeyval *h;
+
+    so->oc = *oc;
+    TAILQ_INIT(&so->headers);
+    if (oc->headers != NULL) {
+        TAILQ_FOREACH(h, oc->headers, next)
+            evhttp_add_header(&so->headers, h->key, h->value);
+    }
+    so->oc.headers = &so->headers;
+    so->body = jg_malloc(oc->body_len + 1);
+    memcpy(so->body, oc->body, oc->body_len);
+    so->oc.body = so->body;
+    return so;
+}
+
+/* On a waiter's own worker: answer it from a copied outcome. */
+static void
+deliver_remote(struct jg_server *srv, void *arg)
+{
+    struct job_request *jr = arg;
+    struct shared_outcome *so = jr->remote_outcome;
+
+    (void)srv;
+    jr->remote_outcome = NULL;
+    deliver(jr, &so->oc);
+    if (__atomic_sub_fetch(&so->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        evhttp_clear_headers(&so->headers);
+        jg_free(so->body);
+        jg_free(so);
+    }
 }
 
 static void
@@ -574,21 +672,33 @@ flight_done(const struct jg_upstream_response *resp, void *arg)
 {
     struct jg_flight *flight = arg;
     struct jg_server *srv = flight->srv;
-    struct outcome oc = {.resp = resp};
+    struct jg_shared *sh = srv->shared;
+    struct outcome oc = {
+        .error = resp->error,
+        .elapsed_ms = resp->elapsed_ms,
+        .headers = resp->headers,
+        .leader_has_cred = flight->leader_has_cred,
+    };
+    struct shared_outcome *so = NULL;
     struct job_request *jr;
     struct job_request *next;
+    size_t remote = 0;
 
-    /* Misses from now on start a new flight. */
+    memcpy(oc.leader_cred, flight->leader_cred, JG_CRED_HASH_LEN);
+
+    /* Misses from now on start a new flight, and no waiter joins this one. */
+    pthread_mutex_lock(&sh->flights_lock);
     flight_unlink(flight);
+    pthread_mutex_unlock(&sh->flights_lock);
 
     if (resp->error != JG_FETCH_OK) {
         oc.status = resp->error == JG_FETCH_TIMEOUT     ? 504
                     : resp->error == JG_FETCH_CANCELLED ? 503
                                                         : 502;
         if (resp->error == JG_FETCH_TIMEOUT)
-            srv->metrics.upstream_timeouts++;
+            JG_COUNT(srv->metrics.upstream_timeouts);
         else
-            srv->metrics.upstream_errors++;
+            JG_COUNT(srv->metrics.upstream_errors);
         jg_log_warn("upstream GET %.*s failed after %" PRIu64 " ms: %s (%s)",
                     flight->waiters->path_len, flight->waiters->target,
                     resp->elapsed_ms,
@@ -605,33 +715,37 @@ flight_done(const struct jg_upstream_response *resp, void *arg)
             oc.detail = "status";
         if (oc.status == 401 && flight->leader_has_cred) {
             jg_principals_forget(srv->principals, flight->leader_cred);
-            srv->forget_epoch++;
+            __atomic_add_fetch(&sh->forget_epoch, 1, __ATOMIC_ACQ_REL);
         }
+    }
+
+    /* Waiters on other workers are answered on their own threads, from a
+     * copy that the last of them frees. */
+    for (jr = flight->waiters; jr != NULL; jr = jr->next_waiter)
+        remote += jr->srv != srv;
+    if (remote > 0) {
+        so = share_outcome(&oc);
+        so->refs = remote;
     }
 
     for (jr = flight->waiters; jr != NULL; jr = next) {
         next = jr->next_waiter;
-        jr->flight = NULL;
-        if (may_share(flight, jr, &oc)) {
-            reply_upstream(jr, &oc);
-        } else {
-            srv->metrics.refetched++;
-            flight_start(jr, false);
+        if (jr->srv == srv) {
+            deliver(jr, &oc);
+            continue;
         }
+        jr->remote_outcome = so;
+        jg_server_post(jr->srv, deliver_remote, jr);
     }
     jg_free(flight);
 }
 
-/*
- * Start a fetch led by jr. A shareable flight enters the table so that
- * later misses of the same scope join it.
- */
-static void
-flight_start(struct job_request *jr, bool shareable)
+/* A new flight led by jr, not yet in the table nor sent. */
+static struct jg_flight *
+flight_new(struct job_request *jr)
 {
     struct jg_server *srv = jr->srv;
     struct jg_flight *flight = jg_calloc(1, sizeof(*flight));
-    struct curl_slist *headers;
 
     flight->srv = srv;
     flight->tail = &flight->waiters;
@@ -639,22 +753,31 @@ flight_start(struct job_request *jr, bool shareable)
     flight->leader_has_cred = jr->has_cred;
     memcpy(flight->leader_cred, jr->cred, JG_CRED_HASH_LEN);
     memcpy(flight->leader_owner, jr->owner, JG_ENTRY_OWNER_LEN);
-    flight->forget_epoch = srv->forget_epoch;
-    if (shareable && flight_key_for(jr, &flight->key)) {
-        struct jg_flight **slot = flight_slot(srv, &flight->key);
-
-        flight->next = *slot;
-        *slot = flight;
-        flight->in_table = true;
-        srv->flight_count++;
-    }
+    flight->forget_epoch =
+        __atomic_load_n(&srv->shared->forget_epoch, __ATOMIC_ACQUIRE);
     flight_add_waiter(flight, jr);
     set_state(jr, JOB_FETCHING);
+    return flight;
+}
+
+/* Send the upstream request of a flight led by jr. */
+static void
+flight_fetch(struct jg_flight *flight, struct job_request *jr)
+{
+    struct jg_server *srv = jr->srv;
+    struct curl_slist *headers;
 
     headers = jg_forward_headers(jr->req, 1, jr->cred_header);
-    srv->metrics.upstream_requests++;
+    JG_COUNT(srv->metrics.upstream_requests);
     jg_upstream_fetch(srv->upstream, "GET", jr->target, headers, NULL, 0,
                       flight_done, flight);
+}
+
+/* Start a fetch of jr's own, which no other request joins. */
+static void
+flight_start(struct job_request *jr)
+{
+    flight_fetch(flight_new(jr), jr);
 }
 
 /* ---- entry point ---------------------------------------------------- */
@@ -711,7 +834,7 @@ reply_validation_error(struct jg_server *srv, struct jg_http_request *req,
     jg_free(raw);
 
     jg_http_add_header(req, "Content-Type", "application/json");
-    srv->metrics.requests_invalid++;
+    JG_COUNT(srv->metrics.requests_invalid);
     jg_access_log("invalid", "GET", 422, "none", -1,
                   jg_now_ms() - started_ms, NULL, path);
     jg_server_reply(srv, req, 422, evbuffer_pullup(body, -1),
@@ -796,7 +919,7 @@ job_route(struct jg_server *srv, struct jg_http_request *req,
         return;
     }
 
-    srv->metrics.requests_job++;
+    JG_COUNT(srv->metrics.requests_job);
     jr->srv = srv;
     jr->req = req;
     jr->route = route;
@@ -818,7 +941,7 @@ job_route(struct jg_server *srv, struct jg_http_request *req,
     set_state(jr, JOB_LOOKED_UP);
 
     if (jr->only_if_cached) {
-        srv->metrics.only_if_cached_misses++;
+        JG_COUNT(srv->metrics.only_if_cached_misses);
         jg_http_add_header(req, "Cache-Status",
                            "jobgate; fwd=miss; detail=only-if-cached");
         job_request_log(jr, 504, "miss", -1);
@@ -864,7 +987,7 @@ reply_bad_request(struct jg_server *srv, struct jg_http_request *req,
 {
     /* The connection cannot be trusted to frame another request. */
     jg_http_set_close(req);
-    srv->metrics.requests_invalid++;
+    JG_COUNT(srv->metrics.requests_invalid);
     jg_access_log("invalid", "-", 400, "none", -1, jg_now_ms() - started,
                   NULL, target);
     jg_reply_detail(srv, req, 400, message);
@@ -883,7 +1006,7 @@ jg_request_handle(struct jg_http_request *req, void *arg)
     size_t body_len;
     size_t len;
 
-    srv->metrics.requests++;
+    JG_COUNT(srv->metrics.requests);
     srv->active_requests++;
 
     problem = header_problem(req);
@@ -901,7 +1024,7 @@ jg_request_handle(struct jg_http_request *req, void *arg)
 
     route = jg_route_match(target, &segment, &len);
     if (route == NULL || jg_http_method(req) != JG_HTTP_GET) {
-        srv->metrics.requests_passthrough++;
+        JG_COUNT(srv->metrics.requests_passthrough);
         jg_passthrough_start(srv, req, target, started);
         return;
     }

@@ -1,6 +1,7 @@
 /*
- * The server's life: binding the proxy and admin listeners, the cache
- * write batch of each loop turn, and the drain on SIGTERM or SIGINT.
+ * The server's life: binding the proxy and admin listeners, starting the
+ * worker threads, the messages between them, the cache write batch of each
+ * loop turn, and the drain on SIGTERM or SIGINT.
  *
  * The proxy port is served by jobgate's own HTTP server (jg_http.c), which
  * enforces the client limits; the admin port by evhttp, whose speed does
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -40,7 +42,7 @@ void
 jg_server_count_status(struct jg_server *srv, int status)
 {
     if (status >= 100 && status < 600)
-        srv->metrics.responses[status / 100]++;
+        JG_COUNT(srv->metrics.responses[status / 100]);
 }
 
 void
@@ -135,25 +137,93 @@ drain_timeout(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* Stop accepting, and end the loop once the requests in flight are
+ * answered or the drain deadline passes. */
 static void
-on_signal(evutil_socket_t sig, short what, void *arg)
+begin_drain(struct jg_server *srv, void *arg)
 {
-    struct jg_server *srv = arg;
     struct timeval tv = {
         .tv_sec = (time_t)(srv->cfg.drain_timeout_ms / 1000),
         .tv_usec = (suseconds_t)(srv->cfg.drain_timeout_ms % 1000) * 1000,
     };
 
-    (void)what;
+    (void)arg;
     if (srv->draining)
         return;
     srv->draining = true;
-    jg_log_info("received %s, draining %zu requests in flight",
-                sig == SIGTERM ? "SIGTERM" : "SIGINT", srv->active_requests);
     jg_http_stop_accepting(srv->front);
     evtimer_add(srv->drain_timer, &tv);
     if (srv->active_requests == 0)
         close_idle_connections(srv);
+}
+
+/* Signals reach worker 0, which drains every worker. */
+static void
+on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct jg_server *srv = arg;
+    struct jg_shared *sh = srv->shared;
+    size_t i;
+
+    (void)what;
+    if (srv->draining)
+        return;
+    jg_log_info("received %s, draining", sig == SIGTERM ? "SIGTERM"
+                                                        : "SIGINT");
+    for (i = 1; i < sh->worker_count; i++)
+        jg_server_post(sh->workers[i], begin_drain, NULL);
+    begin_drain(srv, NULL);
+}
+
+/* ---- messages between workers --------------------------------------- */
+
+void
+jg_server_post(struct jg_server *to,
+               void (*run)(struct jg_server *srv, void *arg), void *arg)
+{
+    struct jg_message *msg = jg_malloc(sizeof(*msg));
+    uint64_t one = 1;
+    bool wake;
+
+    msg->next = NULL;
+    msg->run = run;
+    msg->arg = arg;
+    pthread_mutex_lock(&to->inbox_lock);
+    wake = to->inbox == NULL;
+    *to->inbox_tail = msg;
+    to->inbox_tail = &msg->next;
+    pthread_mutex_unlock(&to->inbox_lock);
+
+    /* An eventfd counter only overflows after 2^64 - 2 wakes. */
+    if (wake && write(to->inbox_fd, &one, sizeof(one)) < 0)
+        jg_log_error("cannot wake worker %zu: %s", to->index,
+                     strerror(errno));
+}
+
+static void
+inbox_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct jg_server *srv = arg;
+    struct jg_message *msg;
+    struct jg_message *next;
+    uint64_t count;
+
+    (void)what;
+    if (read(fd, &count, sizeof(count)) < 0 && errno != EAGAIN)
+        jg_log_error("cannot read the wake-up of worker %zu: %s",
+                     srv->index, strerror(errno));
+
+    pthread_mutex_lock(&srv->inbox_lock);
+    msg = srv->inbox;
+    srv->inbox = NULL;
+    srv->inbox_tail = &srv->inbox;
+    pthread_mutex_unlock(&srv->inbox_lock);
+
+    for (; msg != NULL; msg = next) {
+        next = msg->next;
+        msg->run(srv, msg->arg);
+        jg_free(msg);
+    }
 }
 
 /* ---- listeners ------------------------------------------------------ */
@@ -300,6 +370,15 @@ jg_server_bind(const char *spec, const char *what)
     return fd;
 }
 
+/* An even share of a process-wide limit, at least one. */
+static uint64_t
+per_worker(uint64_t total, const struct jg_config *cfg)
+{
+    uint64_t share = total / cfg->workers;
+
+    return share > 0 ? share : 1;
+}
+
 static struct jg_http_server *
 new_front_end(struct jg_server *srv)
 {
@@ -311,7 +390,7 @@ new_front_end(struct jg_server *srv)
         .max_body_bytes = cfg->max_request_body_bytes,
         .header_timeout_ms = cfg->client_header_timeout_ms,
         .idle_timeout_ms = cfg->client_timeout_ms,
-        .max_connections = cfg->max_connections,
+        .max_connections = per_worker(cfg->max_connections, cfg),
     };
     struct jg_http_server *front;
 
@@ -365,52 +444,30 @@ load_owner_key(struct jg_server *srv)
     return 0;
 }
 
-static int
-open_parts(struct jg_server *srv)
+static struct jg_upstream *
+new_upstream(struct jg_server *srv)
 {
     const struct jg_config *cfg = &srv->cfg;
-    struct jg_cache_options copts = {
-        .dir = cfg->cache_dir,
-        .max_bytes = cfg->cache_max_bytes,
-        .ttl_s = cfg->terminal_ttl_s,
-    };
     struct jg_upstream_options uopts = {
         .base_url = cfg->upstream,
         .timeout_ms = cfg->upstream_timeout_ms,
         .connect_timeout_ms = cfg->upstream_connect_timeout_ms,
-        .max_connections = cfg->upstream_max_connections,
+        .max_connections = per_worker(cfg->upstream_max_connections, cfg),
         .max_response_bytes = cfg->max_passthrough_bytes,
     };
-    char err[512];
+    struct jg_upstream *up = jg_upstream_create(srv->base, &uopts);
 
-    if (jg_cache_open(&srv->cache, &copts, err, sizeof(err)) != 0) {
-        jg_log_error("cannot open the cache: %s", err);
-        return -1;
-    }
-    if (cfg->share_scope == JG_SHARE_CREDENTIAL && load_owner_key(srv) != 0)
-        return -1;
-    srv->principals = jg_principals_create(cfg->max_principals,
-                                           cfg->auth_ttl_s * 1000);
-    srv->upstream = jg_upstream_create(srv->base, &uopts);
-    if (srv->upstream == NULL) {
+    if (up == NULL)
         jg_log_error("cannot create the upstream client for %s",
                      cfg->upstream);
-        return -1;
-    }
-    return 0;
+    return up;
 }
 
-int
-jg_server_init(struct jg_server *srv, const struct jg_config *cfg)
+/* The event loop of one worker, with its wake-up for messages. */
+static int
+new_loop(struct jg_server *srv)
 {
     struct event_config *ec;
-    int fd;
-
-    memset(srv, 0, sizeof(*srv));
-    srv->cfg = *cfg;
-    srv->started_ms = jg_now_ms();
-    srv->flight_buckets = 1024;
-    srv->flights = jg_calloc(srv->flight_buckets, sizeof(*srv->flights));
 
     /* The changelist folds the epoll_ctl calls of one loop turn into one. */
     ec = event_config_new();
@@ -424,14 +481,118 @@ jg_server_init(struct jg_server *srv, const struct jg_config *cfg)
     /* Activated events run in order, so the batch commits after the
      * callbacks already active in this loop turn. */
     srv->flush_event = event_new(srv->base, -1, 0, flush_cb, srv);
+    srv->drain_timer = evtimer_new(srv->base, drain_timeout, srv);
 
-    if (open_parts(srv) != 0)
+    pthread_mutex_init(&srv->inbox_lock, NULL);
+    srv->inbox_tail = &srv->inbox;
+    srv->inbox_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (srv->inbox_fd < 0) {
+        jg_log_error("cannot create an eventfd: %s", strerror(errno));
+        return -1;
+    }
+    srv->inbox_event = event_new(srv->base, srv->inbox_fd,
+                                 EV_READ | EV_PERSIST, inbox_cb, srv);
+    event_add(srv->inbox_event, NULL);
+    return 0;
+}
+
+/*
+ * Worker 0's parts: the cache, the shared state and the principal table,
+ * and its own upstream client.
+ */
+static int
+open_parts(struct jg_server *srv)
+{
+    const struct jg_config *cfg = &srv->cfg;
+    struct jg_cache_options copts = {
+        .dir = cfg->cache_dir,
+        .max_bytes = cfg->cache_max_bytes,
+        .ttl_s = cfg->terminal_ttl_s,
+    };
+    struct jg_shared *sh = srv->shared;
+    char err[512];
+
+    if (jg_cache_open(&srv->cache, &copts, err, sizeof(err)) != 0) {
+        jg_log_error("cannot open the cache: %s", err);
+        return -1;
+    }
+    if (cfg->share_scope == JG_SHARE_CREDENTIAL && load_owner_key(srv) != 0)
+        return -1;
+    sh->principals = jg_principals_create(cfg->max_principals,
+                                          cfg->auth_ttl_s * 1000);
+    srv->principals = sh->principals;
+    srv->upstream = new_upstream(srv);
+    return srv->upstream != NULL ? 0 : -1;
+}
+
+/* A further worker, sharing worker 0's listening socket, cache and table. */
+static int
+init_worker(struct jg_server *w, const struct jg_server *first, size_t index,
+            int listen_fd)
+{
+    int fd;
+
+    w->cfg = first->cfg;
+    w->shared = first->shared;
+    w->index = index;
+    w->started_ms = first->started_ms;
+    w->inbox_fd = -1;
+    memcpy(w->owner_key, first->owner_key, sizeof(w->owner_key));
+    w->principals = first->principals;
+    if (new_loop(w) != 0)
+        return -1;
+    w->cache = jg_cache_share(first->cache);
+    w->upstream = new_upstream(w);
+    if (w->cache == NULL || w->upstream == NULL)
+        return -1;
+
+    /* A duplicate refers to the same socket, so the workers take turns
+     * at one accept queue; each listener closes its own descriptor. */
+    w->front = new_front_end(w);
+    fd = fcntl(listen_fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+        jg_log_error("cannot duplicate the listening socket: %s",
+                     strerror(errno));
+        return -1;
+    }
+    return jg_http_listen_fd(w->front, fd);
+}
+
+int
+jg_server_init(struct jg_server *srv, const struct jg_config *cfg)
+{
+    struct jg_shared *sh;
+    size_t i;
+    int fd;
+
+    memset(srv, 0, sizeof(*srv));
+    srv->cfg = *cfg;
+    srv->started_ms = jg_now_ms();
+    srv->inbox_fd = -1;
+
+    sh = jg_calloc(1, sizeof(*sh));
+    srv->shared = sh;
+    pthread_mutex_init(&sh->flights_lock, NULL);
+    sh->flight_buckets = 1024;
+    sh->flights = jg_calloc(sh->flight_buckets, sizeof(*sh->flights));
+    sh->worker_count = cfg->workers;
+    sh->workers = jg_calloc(sh->worker_count, sizeof(*sh->workers));
+    sh->workers[0] = srv;
+
+    if (new_loop(srv) != 0 || open_parts(srv) != 0)
         return -1;
 
     srv->front = new_front_end(srv);
     fd = jg_server_bind(cfg->listen, "listening");
     if (fd < 0 || jg_http_listen_fd(srv->front, fd) != 0)
         return -1;
+
+    for (i = 1; i < sh->worker_count; i++) {
+        sh->workers[i] = jg_calloc(1, sizeof(*sh->workers[i]));
+        if (init_worker(sh->workers[i], srv, i, fd) != 0)
+            return -1;
+    }
+
     if (cfg->admin_listen[0] != '\0' && jg_admin_init(srv) != 0)
         return -1;
 
@@ -439,45 +600,160 @@ jg_server_init(struct jg_server *srv, const struct jg_config *cfg)
     srv->sigint_event = evsignal_new(srv->base, SIGINT, on_signal, srv);
     evsignal_add(srv->sigterm_event, NULL);
     evsignal_add(srv->sigint_event, NULL);
-    srv->drain_timer = evtimer_new(srv->base, drain_timeout, srv);
     signal(SIGPIPE, SIG_IGN);
     return 0;
+}
+
+static void *
+worker_main(void *arg)
+{
+    struct jg_server *w = arg;
+
+    if (event_base_dispatch(w->base) < 0) {
+        jg_log_error("the event loop of worker %zu failed", w->index);
+        return w;
+    }
+    return NULL;
 }
 
 int
 jg_server_run(struct jg_server *srv)
 {
-    jg_log_info("ready");
-    if (event_base_dispatch(srv->base) < 0) {
-        jg_log_error("the event loop failed");
-        return 1;
+    struct jg_shared *sh = srv->shared;
+    sigset_t block;
+    sigset_t old;
+    size_t started = 1;
+    int status = 0;
+    size_t i;
+
+    /* Threads inherit the mask: SIGTERM and SIGINT stay on this thread,
+     * whose loop drains them all. */
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    for (i = 1; i < sh->worker_count; i++) {
+        if (pthread_create(&sh->workers[i]->thread, NULL, worker_main,
+                           sh->workers[i]) != 0) {
+            jg_log_error("cannot start worker %zu", i);
+            status = 1;
+            break;
+        }
+        started++;
     }
-    return 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    if (status == 0) {
+        jg_log_info("ready");
+        if (event_base_dispatch(srv->base) < 0) {
+            jg_log_error("the event loop failed");
+            status = 1;
+        }
+    } else {
+        on_signal(SIGTERM, 0, srv);
+    }
+
+    for (i = 1; i < started; i++) {
+        void *failed = NULL;
+
+        pthread_join(sh->workers[i]->thread, &failed);
+        if (failed != NULL)
+            status = 1;
+    }
+    return status;
+}
+
+void
+jg_server_sum_stats(const struct jg_server *srv, struct jg_metrics *m,
+                    struct jg_cache_stats *cs, struct jg_http_stats *hs,
+                    uint64_t *connections, uint64_t *upstream_active)
+{
+    const struct jg_shared *sh = srv->shared;
+    size_t i;
+
+    *connections = 0;
+    *upstream_active = 0;
+    for (i = 0; i < sh->worker_count; i++) {
+        const struct jg_server *w = sh->workers[i];
+
+        jg_counters_add((uint64_t *)m, (const uint64_t *)&w->metrics,
+                        sizeof(*m) / sizeof(uint64_t));
+        jg_counters_add((uint64_t *)cs,
+                        (const uint64_t *)jg_cache_stats(w->cache),
+                        sizeof(*cs) / sizeof(uint64_t));
+        jg_counters_add((uint64_t *)hs,
+                        (const uint64_t *)jg_http_stats(w->front),
+                        sizeof(*hs) / sizeof(uint64_t));
+        *connections += jg_http_connections(w->front);
+        *upstream_active += jg_upstream_active(w->upstream);
+    }
+}
+
+/* Free the parts of one worker; the shared ones belong to worker 0. */
+static void
+free_worker(struct jg_server *w)
+{
+    /* Answers posted after a loop ended at its drain deadline. */
+    if (w->inbox_event != NULL)
+        inbox_cb(w->inbox_fd, EV_READ, w);
+    jg_http_server_free(w->front);
+    if (w->upstream != NULL)
+        jg_upstream_free(w->upstream);
+    if (w->cache != NULL)
+        jg_cache_close(w->cache);
+    if (w->flush_event != NULL)
+        event_free(w->flush_event);
+    if (w->drain_timer != NULL)
+        event_free(w->drain_timer);
+    if (w->inbox_event != NULL) {
+        event_free(w->inbox_event);
+        pthread_mutex_destroy(&w->inbox_lock);
+    }
+    if (w->inbox_fd >= 0)
+        close(w->inbox_fd);
+    if (w->base != NULL)
+        event_base_free(w->base);
 }
 
 void
 jg_server_free(struct jg_server *srv)
 {
-    jg_http_server_free(srv->front);
+    struct jg_shared *sh = srv->shared;
+    sigset_t block;
+    size_t i;
+
+    if (sh == NULL)
+        return;
+
+    /*
+     * Freeing the signal events restores the default actions, and a second
+     * SIGTERM would then kill the process while it commits the last cache
+     * writes. Blocked, it stays pending until the exit.
+     */
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &block, NULL);
+
+    for (i = 1; i < sh->worker_count; i++) {
+        if (sh->workers[i] == NULL)
+            continue;
+        free_worker(sh->workers[i]);
+        jg_free(sh->workers[i]);
+    }
     if (srv->admin != NULL)
         evhttp_free(srv->admin);
-    if (srv->upstream != NULL)
-        jg_upstream_free(srv->upstream);
-    if (srv->cache != NULL)
-        jg_cache_close(srv->cache);
-    if (srv->principals != NULL)
-        jg_principals_free(srv->principals);
-    if (srv->flush_event != NULL)
-        event_free(srv->flush_event);
     if (srv->sigterm_event != NULL)
         event_free(srv->sigterm_event);
     if (srv->sigint_event != NULL)
         event_free(srv->sigint_event);
-    if (srv->drain_timer != NULL)
-        event_free(srv->drain_timer);
-    if (srv->base != NULL)
-        event_base_free(srv->base);
+    free_worker(srv);
+    if (sh->principals != NULL)
+        jg_principals_free(sh->principals);
     if (strncmp(srv->cfg.listen, "unix:", 5) == 0)
         unlink(srv->cfg.listen + 5);
-    jg_free(srv->flights);
+    pthread_mutex_destroy(&sh->flights_lock);
+    jg_free(sh->flights);
+    jg_free(sh->workers);
+    jg_free(sh);
 }

@@ -431,7 +431,7 @@ report_finished(struct jg_upstream *up)
 
         list_remove(&up->finished, fetch);
         fetch->state = FETCH_REPORTING;
-        up->active--;
+        JG_COUNT_SUB(up->active, 1);
 
         memset(&response, 0, sizeof(response));
         response.error = fetch->error;
@@ -856,7 +856,7 @@ jg_upstream_fetch(struct jg_upstream *up, const char *method,
     if (fetch->body == NULL || fetch->easy == NULL)
         out_of_memory("upstream fetch");
     TAILQ_INIT(&fetch->headers);
-    up->active++;
+    JG_COUNT(up->active);
 
     jg_log_debug("upstream %s %s: start", fetch->method, fetch->target);
 
@@ -917,7 +917,8 @@ jg_upstream_cancel(struct jg_fetch *fetch)
 size_t
 jg_upstream_active(const struct jg_upstream *up)
 {
-    return up->active;
+    /* The metrics page of another worker thread may ask. */
+    return __atomic_load_n(&up->active, __ATOMIC_RELAXED);
 }
 
 const char *

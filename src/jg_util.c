@@ -106,3 +106,12 @@ jg_ascii_casecmp_n(const char *a, size_t alen, const char *b)
         return 1;
     return b[i] == '\0' ? 0 : -1;
 }
+
+void
+jg_counters_add(uint64_t *sum, const uint64_t *from, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        sum[i] += __atomic_load_n(&from[i], __ATOMIC_RELAXED);
+}

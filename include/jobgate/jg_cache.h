@@ -7,8 +7,9 @@
  * high-water mark. Writes are queued and committed together by
  * jg_cache_flush(), which the server calls once per event-loop turn.
  *
- * Several processes may share one directory, and should give it the same
- * max_bytes, because each evicts against its own map size. A process opens
+ * A handle serves one thread; jg_cache_share() makes one for each further
+ * thread. Several processes may share one directory, and should give it
+ * the same max_bytes, because each evicts against its own map size. A process opens
  * a directory once, after any fork(): LMDB's file locks break when one
  * process opens an environment twice, and an environment must not be used
  * across fork().
@@ -63,6 +64,15 @@ enum jg_cache_result {
  */
 int jg_cache_open(struct jg_cache **out, const struct jg_cache_options *opts,
                   char *err, size_t errlen);
+
+/*
+ * Another handle on an open cache, for another thread. It shares the
+ * environment and its databases and has its own read transaction, write
+ * batch and counters; LMDB serialises the commits of all handles. Each
+ * handle takes one of LMDB's reader slots. Returns NULL after logging why.
+ * Close every shared handle before the cache it came from.
+ */
+struct jg_cache *jg_cache_share(struct jg_cache *cache);
 
 /* Flush pending writes, end any held hit, and close. */
 void jg_cache_close(struct jg_cache *cache);

@@ -37,6 +37,7 @@ struct jg_config {
     uint64_t cache_max_bytes;
     uint64_t auth_ttl_s;
     enum jg_share_scope share_scope;
+    uint64_t workers;               /* event loop threads */
     uint64_t upstream_timeout_ms;         /* whole upstream exchange */
     uint64_t upstream_connect_timeout_ms;
     uint64_t upstream_max_connections;
@@ -93,8 +94,9 @@ int jg_config_load_env(struct jg_config *cfg, char *const *envp, char *err,
 /*
  * Check values that depend on each other: listen and admin_listen differ,
  * the upstream URL is http or https, the connect timeout is within the
- * upstream timeout, and max_body_bytes is within max_passthrough_bytes and
- * cache_max_bytes. Returns 0, or -1 with a message.
+ * upstream timeout, max_body_bytes is within max_passthrough_bytes and
+ * cache_max_bytes, and both connection limits leave each worker one.
+ * Returns 0, or -1 with a message.
  */
 int jg_config_check(const struct jg_config *cfg, char *err, size_t errlen);
 

@@ -28,4 +28,25 @@ int jg_ascii_casecmp_n(const char *a, size_t alen, const char *b);
 
 #define JG_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
+/*
+ * Counters that one thread writes (or several under one lock) and the
+ * metrics page of another thread reads. Relaxed atomic loads and stores
+ * keep that free of data races and compile to plain moves, so counting
+ * costs no more than ++ on the hit path.
+ */
+#define JG_COUNT_ADD(c, n)                                                    \
+    __atomic_store_n(&(c), __atomic_load_n(&(c), __ATOMIC_RELAXED) + (n),     \
+                     __ATOMIC_RELAXED)
+#define JG_COUNT_SUB(c, n)                                                    \
+    __atomic_store_n(&(c), __atomic_load_n(&(c), __ATOMIC_RELAXED) - (n),     \
+                     __ATOMIC_RELAXED)
+#define JG_COUNT(c) JG_COUNT_ADD(c, 1)
+
+/*
+ * Add the n counters at from to those at sum, each read with a relaxed
+ * atomic load: for summing the counter structs of several threads, which
+ * hold nothing but uint64_t counters.
+ */
+void jg_counters_add(uint64_t *sum, const uint64_t *from, size_t n);
+
 #endif

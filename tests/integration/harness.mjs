@@ -30,6 +30,9 @@ const SANITIZER_REPORT = /AddressSanitizer|LeakSanitizer|UndefinedBehaviorSaniti
 // JG_WRAPPER="valgrind --error-exitcode=99 --leak-check=full" node --test.
 // Its words are split on spaces.
 const WRAPPER = (process.env.JG_WRAPPER ?? '').split(' ').filter((w) => w !== '');
+// JG_TEST_WORKERS=N starts every jobgate with workers = N unless a test
+// sets workers itself, so that the whole suite can run against N loops.
+const TEST_WORKERS = process.env.JG_TEST_WORKERS;
 
 function spawnJobgate(args, options) {
   if (WRAPPER.length === 0) {
@@ -110,6 +113,9 @@ export async function startJobgate(opts = {}) {
   };
   if (opts.defaults !== false && opts.upstreamUrl) {
     defaults.upstream = opts.upstreamUrl;
+  }
+  if (opts.defaults !== false && TEST_WORKERS) {
+    defaults.workers = TEST_WORKERS;
   }
   const args = [];
   let configFile = opts.configFile;

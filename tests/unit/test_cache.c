@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <ftw.h>
 #include <lmdb.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1346,6 +1347,110 @@ model_check_get(struct fixture *f, const struct model *m, size_t k,
         assert_hit_seeded(f->cache, org, job, now, e->len, e->seed);
 }
 
+/* ---- handles of several threads ------------------------------------ */
+
+#define SHARE_ROUNDS 300
+
+struct share_thread {
+    struct jg_cache *cache;
+    uint32_t tag;    /* 0 or 1: this thread's organization */
+    int errors;      /* cmocka's asserts may only run on the main thread */
+};
+
+/* Check a looked-up entry against the body derived from seed. */
+static bool
+entry_is(const struct jg_entry *e, size_t len, uint32_t seed)
+{
+    char body[64 + SHARE_ROUNDS];
+
+    fill_body(body, len, seed);
+    return e->body_len == len && memcmp(e->body, body, len) == 0;
+}
+
+/*
+ * Store a job of its own organization and read it back, then read the
+ * other thread's job of the same number, which is absent or whole.
+ */
+static void *
+share_thread_main(void *arg)
+{
+    struct share_thread *t = arg;
+    uint8_t org[JG_UUID_LEN];
+    uint8_t other[JG_UUID_LEN];
+    uint8_t job[JG_UUID_LEN];
+    struct jg_entry e;
+    enum jg_cache_result res;
+    uint32_t i;
+
+    make_id(org, 'o', t->tag);
+    make_id(other, 'o', 1 - t->tag);
+    for (i = 0; i < SHARE_ROUNDS; i++) {
+        make_id(job, 'j', i);
+        put_seeded(t->cache, org, job, 1000, 64 + i, t->tag * 1000 + i);
+        if (jg_cache_flush(t->cache) != 1)
+            t->errors++;
+
+        if (jg_cache_get(t->cache, org, job, 1000, &e) != JG_CACHE_HIT) {
+            t->errors++;
+        } else {
+            t->errors += !entry_is(&e, 64 + i, t->tag * 1000 + i);
+            jg_cache_release(t->cache);
+        }
+
+        res = jg_cache_get(t->cache, other, job, 1000, &e);
+        if (res == JG_CACHE_HIT) {
+            t->errors += !entry_is(&e, 64 + i, (1 - t->tag) * 1000 + i);
+            jg_cache_release(t->cache);
+        } else if (res != JG_CACHE_MISS) {
+            t->errors++;
+        }
+    }
+    return NULL;
+}
+
+static void
+cache_shared_handles_across_threads(void **state)
+{
+    struct fixture *f = *state;
+    struct share_thread t[2];
+    pthread_t thread;
+    uint8_t org[JG_UUID_LEN];
+    uint8_t job[JG_UUID_LEN];
+    uint32_t i;
+
+    open_cache(f, BIG_MAP, 0);
+    t[0] = (struct share_thread){.cache = f->cache, .tag = 0};
+    t[1] = (struct share_thread){.cache = jg_cache_share(f->cache), .tag = 1};
+    assert_non_null(t[1].cache);
+
+    assert_int_equal(pthread_create(&thread, NULL, share_thread_main, &t[1]),
+                     0);
+    share_thread_main(&t[0]);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    assert_int_equal(t[0].errors, 0);
+    assert_int_equal(t[1].errors, 0);
+
+    /* Each handle counts its own writes. */
+    assert_int_equal(jg_cache_stats(t[0].cache)->writes, SHARE_ROUNDS);
+    assert_int_equal(jg_cache_stats(t[1].cache)->writes, SHARE_ROUNDS);
+    assert_int_equal(jg_cache_entries(f->cache), 2 * SHARE_ROUNDS);
+
+    /* Every entry of both threads is whole through either handle. */
+    for (i = 0; i < SHARE_ROUNDS; i++) {
+        make_id(job, 'j', i);
+        make_id(org, 'o', 1);
+        assert_hit_seeded(f->cache, org, job, 1000, 64 + i, 1000 + i);
+        make_id(org, 'o', 0);
+        assert_hit_seeded(t[1].cache, org, job, 1000, 64 + i, i);
+    }
+    jg_cache_close(t[1].cache);
+
+    /* The environment outlives the closed handle. */
+    make_id(org, 'o', 0);
+    make_id(job, 'j', 0);
+    assert_hit_seeded(f->cache, org, job, 1000, 64, 0);
+}
+
 static void
 cache_random_against_model(void **state)
 {
@@ -1418,6 +1523,8 @@ main(void)
         cmocka_unit_test_setup_teardown(cache_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(cache_miss, setup, teardown),
         cmocka_unit_test_setup_teardown(cache_expiry_at_ttl, setup, teardown),
+        cmocka_unit_test_setup_teardown(cache_shared_handles_across_threads,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(cache_ttl_zero_never_expires, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(cache_put_replaces_in_batch, setup,

@@ -965,6 +965,22 @@ test_check_cross_field(void **state)
     assert_int_equal(jg_config_check(&cfg, err, sizeof(err)), -1);
     assert_contains(err, "exceeds cache_max_bytes 1048576");
 
+    /* Each worker has a share of both connection limits, at least one. */
+    jg_config_defaults(&cfg);
+    set_ok(&cfg, "workers", "4");
+    set_ok(&cfg, "upstream_max_connections", "4");
+    set_ok(&cfg, "max_connections", "4");
+    assert_int_equal(jg_config_check(&cfg, err, sizeof(err)), 0);
+    set_ok(&cfg, "upstream_max_connections", "3");
+    assert_int_equal(jg_config_check(&cfg, err, sizeof(err)), -1);
+    assert_contains(err, "key \"upstream_max_connections\": value 3 is "
+                         "below workers 4");
+    set_ok(&cfg, "upstream_max_connections", "4");
+    set_ok(&cfg, "max_connections", "3");
+    assert_int_equal(jg_config_check(&cfg, err, sizeof(err)), -1);
+    assert_contains(err, "key \"max_connections\": value 3 is below "
+                         "workers 4");
+
     /* A struct filled by hand is checked too. */
     jg_config_defaults(&cfg);
     snprintf(cfg.upstream, sizeof(cfg.upstream), "ftp://example.org");
@@ -1111,6 +1127,7 @@ test_sample_file_equals_defaults(void **state)
         {"cache_max_bytes", "2m"},
         {"auth_ttl", "2"},
         {"share_scope", "credential"},
+        {"workers", "2"},
         {"upstream_timeout_ms", "5"},
         {"upstream_connect_timeout_ms", "5"},
         {"upstream_max_connections", "2"},

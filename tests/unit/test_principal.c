@@ -21,6 +21,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -671,6 +672,79 @@ test_random_against_model(void **state)
         run_against_model(&rng, sizes[i], 4000);
 }
 
+/*
+ * One thread learns and forgets credentials in a table too small for them
+ * all, evicting as it goes, while another looks them up. A lookup sees a
+ * credential with its one organization or not at all, never another
+ * credential's proof. Errors are counted, since cmocka's asserts may only
+ * run on the main thread.
+ */
+#define SHARED_CREDS 64
+#define SHARED_ROUNDS 20000
+
+struct shared_table {
+    struct jg_principals *table;
+    uint8_t creds[SHARED_CREDS][JG_CRED_HASH_LEN];
+    int errors;
+};
+
+static void *
+shared_reader(void *arg)
+{
+    struct shared_table *st = arg;
+    uint8_t found[JG_PRINCIPAL_MAX_ORGS][JG_UUID_LEN];
+    uint8_t org[JG_UUID_LEN];
+    unsigned i;
+    size_t n;
+
+    for (i = 0; i < SHARED_ROUNDS; i++) {
+        unsigned c = i % SHARED_CREDS;
+
+        make_org(org, c);
+        n = jg_principals_orgs(st->table, st->creds[c], 1, found,
+                               JG_PRINCIPAL_MAX_ORGS);
+        if (n > 1 || (n == 1 && memcmp(found[0], org, JG_UUID_LEN) != 0))
+            st->errors++;
+        make_org(org, c + 1);
+        if (jg_principals_allows(st->table, st->creds[c], org, 1))
+            st->errors++;
+    }
+    return NULL;
+}
+
+static void
+test_concurrent_readers_and_writer(void **state)
+{
+    struct shared_table st = {.errors = 0};
+    uint8_t org[JG_UUID_LEN];
+    pthread_t reader;
+    unsigned i;
+
+    (void)state;
+    st.table = jg_principals_create(SHARED_CREDS / 2, TTL);
+    for (i = 0; i < SHARED_CREDS; i++) {
+        char token[32];
+
+        snprintf(token, sizeof(token), "shared-%u", i);
+        hash_token(st.table, token, st.creds[i]);
+    }
+
+    assert_int_equal(pthread_create(&reader, NULL, shared_reader, &st), 0);
+    for (i = 0; i < SHARED_ROUNDS; i++) {
+        unsigned c = (i * 7) % SHARED_CREDS;
+
+        make_org(org, c);
+        if (i % 5 == 4)
+            jg_principals_forget(st.table, st.creds[c]);
+        else
+            jg_principals_learn(st.table, st.creds[c], org, 0);
+    }
+    assert_int_equal(pthread_join(reader, NULL), 0);
+    assert_int_equal(st.errors, 0);
+    assert_true(jg_principals_stats(st.table)->entries <= SHARED_CREDS / 2);
+    jg_principals_free(st.table);
+}
+
 int
 main(void)
 {
@@ -687,6 +761,7 @@ main(void)
         cmocka_unit_test(test_full_table_evicts_one),
         cmocka_unit_test(test_full_table_evicts_expired_first),
         cmocka_unit_test(test_random_against_model),
+        cmocka_unit_test(test_concurrent_readers_and_writer),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

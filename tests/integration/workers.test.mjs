@@ -1,0 +1,177 @@
+// workers = 2: two event loops accept from one listening socket. Misses for
+// one job that arrive on both loops still share one upstream request, the
+// answer reaches the waiters of both, and later hits are served by either
+// loop from the shared cache. SIGTERM drains both loops.
+//
+// Each client request below uses a connection of its own, so the kernel
+// hands the connections to whichever loop accepts first; the per-worker
+// request counter of /metrics shows that both loops took part.
+
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { after, before, describe, test } from 'node:test';
+
+import { JOB_PATH, httpRequest, keyHeader, startJobgate } from './harness.mjs';
+import { startUpstream } from './upstream.mjs';
+
+// Requests per worker, from the labelled counter of /metrics.
+async function workerRequests(jg) {
+  const res = await jg.admin('/metrics');
+  assert.equal(res.status, 200);
+  const counts = [];
+  for (const m of res.body.matchAll(/^jobgate_worker_requests_total\{worker="(\d+)"\} (\d+)$/gm)) {
+    counts[Number(m[1])] = Number(m[2]);
+  }
+  return counts;
+}
+
+// Sends misses that all join one held fetch, each on a new connection, ten
+// at a time until both loops hold some of them: the kernel, not the test,
+// picks the loop of each connection. Returns the pending answers.
+async function missesOnBothLoops(jg, send, maxBatches = 30) {
+  const base = await jg.metric('jobgate_coalesced_total');
+  const start = await workerRequests(jg);
+  const pending = [];
+  for (let batch = 0; batch < maxBatches; batch++) {
+    for (let i = 0; i < 10; i++) {
+      pending.push(send(pending.length));
+    }
+    await jg.waitForMetric('jobgate_coalesced_total', (v) => v >= base + pending.length - 1, 10000);
+    const now = await workerRequests(jg);
+    if (now[0] > start[0] && now[1] > start[1]) {
+      return pending;
+    }
+  }
+  throw new Error(`${pending.length} connections all went to one loop`);
+}
+
+// One request on a new connection that is closed after the answer.
+function freshGet(jg, path, headers) {
+  const agent = new http.Agent({ keepAlive: false });
+  return httpRequest({ agent, host: '127.0.0.1', port: jg.port, path, headers })
+    .finally(() => agent.destroy());
+}
+
+describe('workers = 2', () => {
+  let up;
+  let jg;
+
+  before(async () => {
+    up = await startUpstream();
+    jg = await startJobgate({ upstreamUrl: up.url, flags: { workers: 2 } });
+  });
+
+  after(async () => {
+    await jg?.stopChecked();
+    await up?.close();
+  });
+
+  test('misses on both loops share one fetch, hits come from either', async () => {
+    const proof = up.createJob({ org: 'A', status: 'in_progress' });
+    for (const name of ['A1', 'A2']) {
+      const res = await freshGet(jg, JOB_PATH(proof), keyHeader(up, name));
+      assert.equal(res.status, 200, `proof of ${name}`);
+    }
+
+    const id = up.createJob({ org: 'A', status: 'completed' });
+    const gate = up.hold({ job: id });
+    const start = await workerRequests(jg);
+
+    let pending;
+    try {
+      pending = await missesOnBothLoops(jg, (i) => freshGet(jg, JOB_PATH(id), keyHeader(up, i % 2 ? 'A1' : 'A2')));
+    } finally {
+      gate.release();
+    }
+    const results = await Promise.all(pending);
+    const clients = results.length;
+
+    assert.equal(up.jobCount(id), 1, 'one upstream request for every loop');
+    for (const res of results) {
+      assert.equal(res.status, 200);
+      assert.equal(res.body, up.jobBody(id));
+    }
+    const statuses = results.map((r) => r.headers['cache-status']);
+    assert.equal(statuses.filter((s) => s === 'jobgate; fwd=miss; fwd-status=200; stored').length, 1);
+    assert.equal(statuses.filter((s) => s === 'jobgate; fwd=miss; fwd-status=200; stored; collapsed').length,
+      clients - 1);
+
+    const afterMisses = await workerRequests(jg);
+    assert.equal(afterMisses.length, 2, 'one counter per worker');
+    assert.ok(afterMisses[0] > start[0] && afterMisses[1] > start[1],
+      `both loops took misses: before ${start}, after ${afterMisses}`);
+
+    // Hits, 20 at a time until both loops served some.
+    let hitCount = 0;
+    let afterHits = afterMisses;
+    for (let batch = 0; batch < 10; batch++) {
+      const hits = await Promise.all(Array.from({ length: 20 }, (_, i) =>
+        freshGet(jg, JOB_PATH(id), keyHeader(up, i % 2 ? 'A1' : 'A2'))));
+      for (const res of hits) {
+        assert.equal(res.status, 200);
+        assert.equal(res.headers['cache-status'], 'jobgate; hit');
+        assert.equal(res.body, up.jobBody(id));
+      }
+      hitCount += hits.length;
+      afterHits = await workerRequests(jg);
+      if (afterHits[0] > afterMisses[0] && afterHits[1] > afterMisses[1]) {
+        break;
+      }
+    }
+    assert.ok(afterHits[0] > afterMisses[0] && afterHits[1] > afterMisses[1],
+      `both loops served hits: before ${afterMisses}, after ${afterHits}`);
+    assert.equal(up.jobCount(id), 1);
+    assert.equal(await jg.metric('jobgate_cache_hits_total'), hitCount);
+    assert.equal(await jg.metric('jobgate_upstream_requests_total'), 3, 'two proofs and one fetch');
+  });
+
+  test('misses of one unproven credential on both loops share one fetch', async () => {
+    const id = up.createJob({ org: 'B', status: 'completed' });
+    const gate = up.hold({ job: id });
+    const base = await jg.metric('jobgate_coalesced_total');
+
+    // One credential: every request joins the flight of the first, on
+    // whichever loop it landed.
+    const pending = Array.from({ length: 10 }, () => freshGet(jg, JOB_PATH(id), keyHeader(up, 'B1')));
+    try {
+      await gate.waitArrivals(1);
+      await jg.waitForMetric('jobgate_coalesced_total', (v) => v >= base + 9, 10000);
+    } finally {
+      gate.release();
+    }
+    for (const res of await Promise.all(pending)) {
+      assert.equal(res.status, 200);
+      assert.equal(res.body, up.jobBody(id));
+    }
+    assert.equal(up.jobCount(id), 1);
+  });
+});
+
+describe('workers = 2 drain', () => {
+  test('SIGTERM answers the requests of both loops and exits 0', async () => {
+    const up = await startUpstream();
+    const jg = await startJobgate({ upstreamUrl: up.url, flags: { workers: 2 } });
+    try {
+      const id = up.createJob({ org: 'A', status: 'completed' });
+      const gate = up.hold({ job: id });
+      let pending;
+      try {
+        pending = await missesOnBothLoops(jg, () => freshGet(jg, JOB_PATH(id), keyHeader(up, 'A1')));
+      } catch (err) {
+        gate.release();
+        throw err;
+      }
+
+      const exited = jg.stop('SIGTERM');
+      gate.release();
+      for (const res of await Promise.all(pending)) {
+        assert.equal(res.status, 200);
+        assert.equal(res.body, up.jobBody(id));
+      }
+      assert.equal(await exited, 0, jg.stderrTail());
+      assert.equal(up.jobCount(id), 1);
+    } finally {
+      await up.close();
+    }
+  });
+});
