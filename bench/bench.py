@@ -65,6 +65,9 @@ PORTS = {
     "slow-origin": 18,
     "jobgate-callgrind": 19,
     "nginx-callgrind": 21,
+    "jobgate-hit-workers-1": 23,
+    "jobgate-hit-workers-2": 25,
+    "jobgate-coalesce-workers-2": 27,
 }
 # A jobgate listener at port P has its admin listener at P + 1.
 
@@ -76,7 +79,11 @@ MATRIX_SERVERS = [
     "jobgate-miss-distinct",
 ]
 
-SECTIONS = ["matrix", "cache-size", "ready", "coalesce", "profile"]
+# The jobgate processes of the workers section and their worker counts.
+WORKER_VARIANTS = [("jobgate-hit-workers-1", 1), ("jobgate-hit-workers-2", 2)]
+
+SECTIONS = ["matrix", "workers", "cache-size", "ready", "coalesce",
+            "profile"]
 
 
 class BenchError(Exception):
@@ -440,6 +447,37 @@ def jobgate_metrics(proc):
     return parse_metrics(body.decode())
 
 
+def worker_requests(metrics):
+    """Return jobgate_worker_requests_total by worker label, as
+    {"0": value, ...}; empty for a jobgate without the counter."""
+    pattern = re.compile(r'jobgate_worker_requests_total\{worker="(\d+)"\}')
+    found = {}
+    for key, value in metrics.items():
+        match = pattern.fullmatch(key)
+        if match:
+            found[match.group(1)] = value
+    return found
+
+
+def split_text(split):
+    """Format requests per worker label for the log, "0: 512, 1: 488"."""
+    return ", ".join(f"{worker}: {split[worker]:.0f}"
+                     for worker in sorted(split, key=int))
+
+
+def wait_for_entries(proc, count, timeout_s=30.0):
+    """Poll /metrics until jobgate_cache_entries reaches count, at most
+    timeout_s seconds, because writes are committed once per event-loop
+    turn. Returns the last metrics read."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metrics = jobgate_metrics(proc)
+        if metrics["jobgate_cache_entries"] >= count or \
+                time.monotonic() >= deadline:
+            return metrics
+        time.sleep(0.05)
+
+
 def origin_requests(bench):
     """Return the requests the origin nginx has served, this one included."""
     status, _, body = http_get(bench.port("origin"), "/nginx_status")
@@ -475,6 +513,27 @@ def check_job_body(bench, name, body, job_id, status):
     return ok
 
 
+def prove_and_store(bench, proc):
+    """Send the hit job's first request, which proves the credential and
+    stores the job, wait for the commit, and check that the next request is
+    a hit. With several workers the next request may reach another worker,
+    which finds the entry only once it is committed."""
+    job_path = f"/v2/org-jobs/{HIT_JOB}"
+    status, headers, _ = http_get(proc.port, job_path, credential_headers())
+    expect(bench, status == 200 and
+           "stored" in headers.get("cache-status", ""),
+           f"{proc.name}: first answer {status} "
+           f"Cache-Status {headers.get('cache-status')!r}, expected stored")
+    wait_for_entries(proc, 1)
+    status, headers, body = http_get(proc.port, job_path,
+                                     credential_headers())
+    expect(bench, status == 200 and
+           headers.get("cache-status") == "jobgate; hit",
+           f"{proc.name}: second answer Cache-Status "
+           f"{headers.get('cache-status')!r}, expected 'jobgate; hit'")
+    check_job_body(bench, proc.name, body, HIT_JOB, "completed")
+
+
 def prepare_servers(bench):
     """Start the servers of the main matrix and check their first
     responses."""
@@ -506,20 +565,8 @@ def prepare_servers(bench):
                f"expected {attempt}")
     check_job_body(bench, "nginx-proxy-cache", body, HIT_JOB, "completed")
 
-    # The first request proves the credential and stores the job, so the
-    # second must be a hit.
-    hit = start_jobgate(bench, "jobgate-hit", "origin", cpu=cpu)
-    status, headers, _ = http_get(hit.port, job_path, credential_headers())
-    expect(bench, status == 200 and
-           "stored" in headers.get("cache-status", ""),
-           f"jobgate-hit: first answer {status} "
-           f"Cache-Status {headers.get('cache-status')!r}, expected stored")
-    status, headers, body = http_get(hit.port, job_path, credential_headers())
-    expect(bench, status == 200 and
-           headers.get("cache-status") == "jobgate; hit",
-           f"jobgate-hit: second answer Cache-Status "
-           f"{headers.get('cache-status')!r}, expected 'jobgate; hit'")
-    check_job_body(bench, "jobgate-hit", body, HIT_JOB, "completed")
+    prove_and_store(bench, start_jobgate(bench, "jobgate-hit", "origin",
+                                         cpu=cpu))
 
     for name in ("jobgate-miss", "jobgate-miss-distinct"):
         miss = start_jobgate(bench, name, "origin-pending", cpu=cpu)
@@ -740,6 +787,10 @@ def measure(bench, name, conns, duration_s, rep, path=None, jobs=None):
         run["upstream_requests"] = delta("jobgate_upstream_requests_total")
         run["coalesced"] = delta("jobgate_coalesced_total")
         run["unproven_misses"] = delta("jobgate_unproven_misses_total")
+        split_before = worker_requests(metrics_before)
+        run["worker_requests"] = {
+            worker: value - split_before.get(worker, 0)
+            for worker, value in worker_requests(after).items()}
         if name.startswith("jobgate-miss"):
             expect(bench, run["hits"] == 0 and run["unproven_misses"] == 0,
                    f"{name} c={conns} rep {rep}: {run['hits']:.0f} hits and "
@@ -757,7 +808,8 @@ def measure(bench, name, conns, duration_s, rep, path=None, jobs=None):
         expect(bench, origin_seen == 0,
                f"nginx-proxy-cache c={conns} rep {rep}: the origin saw "
                f"{origin_seen} requests, expected 0 (hits only)")
-    if name in ("nginx-static", "jobgate-hit", "jobgate-1k", "jobgate-1m"):
+    if name in ("nginx-static", "jobgate-hit", "jobgate-1k", "jobgate-1m") \
+            or name in dict(WORKER_VARIANTS):
         expect(bench, origin_seen == 0,
                f"{name} c={conns} rep {rep}: the origin saw {origin_seen} "
                "requests, expected 0")
@@ -813,6 +865,74 @@ def run_matrix(bench, results):
     results["matrix"] = {"runs": runs}
 
 
+def two_worker_cpus(args):
+    """Return the CPUs a 2-worker jobgate may use, as a taskset list. They
+    are the server CPU and one that wrk does not use, or wrk's CPU when the
+    machine has no third one."""
+    spare = sorted(os.sched_getaffinity(0) -
+                   {args.server_cpu, args.client_cpu})
+    second = spare[0] if spare else args.client_cpu
+    return f"{args.server_cpu},{second}"
+
+
+def check_worker_split(bench, run, workers):
+    """Check that every worker of a jobgate served requests during run and
+    that the per-worker counts add up to the requests wrk received."""
+    name, conns, rep = run["server"], run["connections"], run["rep"]
+    split = run.get("worker_requests", {})
+    served = sum(split.values())
+    expect(bench, len(split) == workers,
+           f"{name} c={conns} rep {rep}: /metrics lists "
+           f"jobgate_worker_requests_total for {len(split)} workers, "
+           f"expected {workers}")
+    expect(bench, all(value > 0 for value in split.values()),
+           f"{name} c={conns} rep {rep}: requests per worker {split}, "
+           "expected every worker to serve some")
+    # Requests in flight when wrk stopped were served but not counted by
+    # wrk, at most one per connection.
+    expect(bench, run["requests"] <= served <= run["requests"] + conns,
+           f"{name} c={conns} rep {rep}: the workers served {served:.0f} "
+           f"requests for {run['requests']} answers")
+
+
+def run_workers(bench, results):
+    """Measure the hit throughput of jobgate with one worker, pinned like
+    the matrix's servers, and with two workers on two CPUs, the two
+    processes taking turns."""
+    args = bench.args
+    cpus = {1: str(args.server_cpu), 2: two_worker_cpus(args)}
+    names = [name for name, _ in WORKER_VARIANTS]
+    workers_of = dict(WORKER_VARIANTS)
+    for name, workers in WORKER_VARIANTS:
+        proc = start_jobgate(bench, name, "origin", [f"--workers={workers}"],
+                             cpu=cpus[workers])
+        prove_and_store(bench, proc)
+
+    log("warming up both for 2 s")
+    for name in names:
+        run_wrk(bench, bench.servers[name].port, 64, 2)
+
+    runs = []
+    for conns in args.connections:
+        for rep in range(1, args.repeats + 1):
+            # As in the matrix, each repetition starts with the other one.
+            shift = (rep - 1) % len(names)
+            for name in names[shift:] + names[:shift]:
+                run = measure(bench, name, conns, args.duration, rep)
+                run["workers"] = workers_of[name]
+                check_worker_split(bench, run, workers_of[name])
+                log(f"  {name:22s} requests per worker: "
+                    + split_text(run.get("worker_requests", {})))
+                runs.append(run)
+                time.sleep(args.pause)
+    results["workers"] = {
+        "cpus": {str(workers): cpus[workers] for workers in cpus},
+        "runs": runs,
+    }
+    for name in names:
+        bench.procs.stop(bench.servers[name])
+
+
 def run_cache_size(bench, results):
     """Hit throughput with a small and a large cache, and the fill time.
 
@@ -839,14 +959,7 @@ def run_cache_size(bench, results):
                       args.fill_timeout, jobs=(count, 1, "sequential"),
                       count=count)
         fill_s = wrk["wall_to_count_s"]
-        # Writes are committed once per loop turn, so wait for the last
-        # commit.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            after = jobgate_metrics(proc)
-            if after["jobgate_cache_entries"] >= count:
-                break
-            time.sleep(0.05)
+        after = wait_for_entries(proc, count)
         stored = after["jobgate_stored_total"] - before["jobgate_stored_total"]
         entries = after["jobgate_cache_entries"]
         expect(bench, stored == count and entries == count,
@@ -986,18 +1099,11 @@ def burst(port, job_id, credentials):
     return answers
 
 
-def run_coalesce(bench, results):
+def run_bursts(bench, proc, slow_port, ids, workers):
+    """Send the four bursts of concurrent misses to one jobgate, in order,
+    because the second and fourth need the proofs of the first and third.
+    ids are four jobs not yet requested from the slow origin."""
     args = bench.args
-    slow_port = bench.port("slow-origin")
-    origin = bench.procs.start(
-        "slow-origin",
-        ["node", str(BENCH_DIR / "origin" / "slow-origin.mjs"),
-         str(slow_port), str(args.origin_delay_ms), ORG_ID,
-         str(BENCH_DIR / "origin" / "job.json.in")],
-        bench.work / "slow-origin.log", cpu=args.client_cpu)
-    wait_for_port(origin, slow_port, 10)
-    proc = start_jobgate(bench, "jobgate-coalesce", "slow-origin",
-                         cpu=args.server_cpu)
 
     def origin_count(job_id):
         _, _, body = http_get(slow_port, "/counts")
@@ -1005,7 +1111,6 @@ def run_coalesce(bench, results):
 
     one = [CREDENTIAL] * args.burst
     many = [f"bench-credential-{i:04d}" for i in range(2, args.burst + 2)]
-    ids = generate_ids(4)
     cases = [
         ("one credential, not yet proven", ids[0], one, 1),
         ("one credential, proven", ids[1], one, 1),
@@ -1015,30 +1120,69 @@ def run_coalesce(bench, results):
     ]
     rows = []
     for label, job_id, creds, expected in cases:
+        split_before = worker_requests(jobgate_metrics(proc))
         started = time.monotonic()
         answers = burst(proc.port, job_id, creds)
         elapsed = (time.monotonic() - started) * 1000
         seen = origin_count(job_id)
+        split_after = worker_requests(jobgate_metrics(proc))
         ok_answers = sum(1 for status, _ in answers if status == 200)
         collapsed = sum(1 for _, cs in answers if cs and "collapsed" in cs)
         rows.append({
-            "case": label, "job": job_id, "clients": len(creds),
-            "origin_requests": seen, "expected": expected,
-            "answers_200": ok_answers, "collapsed": collapsed,
-            "elapsed_ms": elapsed,
+            "case": label, "workers": workers, "job": job_id,
+            "clients": len(creds), "origin_requests": seen,
+            "expected": expected, "answers_200": ok_answers,
+            "collapsed": collapsed, "elapsed_ms": elapsed,
+            "worker_requests": {
+                worker: value - split_before.get(worker, 0)
+                for worker, value in split_after.items()},
         })
+        where = f"coalesce '{label}', {workers} worker(s)"
         expect(bench, ok_answers == len(creds),
-               f"coalesce '{label}': {ok_answers} of {len(creds)} answers "
-               f"were 200: {answers[:3]}")
+               f"{where}: {ok_answers} of {len(creds)} answers were 200: "
+               f"{answers[:3]}")
         expect(bench, seen == expected,
-               f"coalesce '{label}': the origin saw {seen} requests, "
-               f"expected {expected}")
-        log(f"{len(creds)} concurrent misses, {label}: origin saw {seen} "
-            f"(expected {expected}), {collapsed} answers marked collapsed, "
-            f"{elapsed:.0f} ms")
-    results["coalesce"] = {"origin_delay_ms": args.origin_delay_ms,
-                           "cases": rows}
+               f"{where}: the origin saw {seen} requests, expected "
+               f"{expected}")
+        log(f"{len(creds)} concurrent misses, {label}, {workers} worker(s): "
+            f"origin saw {seen} (expected {expected}), {collapsed} answers "
+            f"marked collapsed, {elapsed:.0f} ms, requests per worker "
+            + split_text(rows[-1]["worker_requests"]))
+    return rows
+
+
+def run_coalesce(bench, results):
+    """Send bursts of concurrent misses for one job to a 1-worker jobgate,
+    pinned like the matrix's servers, and to a 2-worker one. There the
+    requests for one job may reach either worker and must still share one
+    fetch."""
+    args = bench.args
+    slow_port = bench.port("slow-origin")
+    origin = bench.procs.start(
+        "slow-origin",
+        ["node", str(BENCH_DIR / "origin" / "slow-origin.mjs"),
+         str(slow_port), str(args.origin_delay_ms), ORG_ID,
+         str(BENCH_DIR / "origin" / "job.json.in")],
+        bench.work / "slow-origin.log", cpu=args.client_cpu)
+    wait_for_port(origin, slow_port, 10)
+    # generate_ids is seeded, so the 1-worker cases keep the job ids of
+    # results from before the 2-worker cases existed.
+    ids = generate_ids(8)
+
+    proc = start_jobgate(bench, "jobgate-coalesce", "slow-origin",
+                         ["--workers=1"], cpu=args.server_cpu)
+    rows = run_bursts(bench, proc, slow_port, ids[:4], 1)
     bench.procs.stop(proc)
+
+    cpus = two_worker_cpus(args)
+    proc = start_jobgate(bench, "jobgate-coalesce-workers-2", "slow-origin",
+                         ["--workers=2"], cpu=cpus)
+    rows += run_bursts(bench, proc, slow_port, ids[4:], 2)
+    bench.procs.stop(proc)
+
+    results["coalesce"] = {"origin_delay_ms": args.origin_delay_ms,
+                           "cpus": {"1": str(args.server_cpu), "2": cpus},
+                           "cases": rows}
     bench.procs.stop(origin)
 
 
@@ -1459,6 +1603,36 @@ def summarize_runs(runs, baseline="nginx-proxy-cache"):
     return rows
 
 
+def summarize_workers(results):
+    """Summarize the workers section: median figures per variant and
+    connection count, with ratios to the 1-worker variant ("ratio").
+
+    When the matrix ran, "ratio_nginx_proxy_cache" divides by its nginx
+    proxy_cache figure at the same connection count. "worker_requests"
+    sums the requests per worker over the runs."""
+    runs = results["workers"]["runs"]
+    rows = summarize_runs(runs, baseline=WORKER_VARIANTS[0][0])
+    proxy_cache = {r["connections"]: r
+                   for r in results["summary"].get("matrix", [])
+                   if r["server"] == "nginx-proxy-cache"}
+    workers_of = dict(WORKER_VARIANTS)
+    for row in rows:
+        row["workers"] = workers_of[row["server"]]
+        base = proxy_cache.get(row["connections"])
+        row["ratio_nginx_proxy_cache"] = (
+            {"rps": row["rps"] / base["rps"]} if base and base["rps"]
+            else None)
+        totals = {}
+        for run in runs:
+            if (run["server"], run["connections"]) == \
+                    (row["server"], row["connections"]):
+                for worker, value in run.get("worker_requests", {}).items():
+                    totals[worker] = totals.get(worker, 0) + value
+        row["worker_requests"] = totals
+    rows.sort(key=lambda r: (r["connections"], r["workers"]))
+    return rows
+
+
 def pair_ratios(runs, numerator, denominator):
     """Return, per repetition, the large cache's figures over the small
     one's: req/s and CPU time per request. The two runs of a repetition are
@@ -1689,7 +1863,7 @@ def parse_args(argv):
                         "git describe of the working tree, with its "
                         "modified files)")
     parser.add_argument("--port-base", type=int, default=18400,
-                        help="first of the 23 loopback ports used "
+                        help="first of the 29 loopback ports used "
                         "(default 18400)")
     parser.add_argument("--server-cpu", type=int, default=0,
                         help="CPU the measured servers run on (default 0)")
@@ -1814,7 +1988,8 @@ def main(argv):
     failed = None
     try:
         prepare_servers(bench)
-        steps = {"matrix": run_matrix, "cache-size": run_cache_size,
+        steps = {"matrix": run_matrix, "workers": run_workers,
+                 "cache-size": run_cache_size,
                  "ready": run_ready, "coalesce": run_coalesce,
                  "profile": run_profile}
         for section in SECTIONS:
@@ -1841,6 +2016,8 @@ def main(argv):
             results["cache_size"]["runs"], baseline="jobgate-1k")
         results["summary"]["cache_size_pairs"] = pair_ratios(
             results["cache_size"]["runs"], "jobgate-1m", "jobgate-1k")
+    if "workers" in results:
+        results["summary"]["workers"] = summarize_workers(results)
     results["targets"] = evaluate_targets(results)
     results["problems"] = bench.problems
     results["stopped_early"] = failed

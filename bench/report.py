@@ -24,6 +24,8 @@ SERVER_LABELS = {
     "jobgate-miss-distinct": "jobgate, miss (distinct jobs)",
     "jobgate-1k": "jobgate, hits over the small cache",
     "jobgate-1m": "jobgate, hits over the large cache",
+    "jobgate-hit-workers-1": "jobgate, hit, 1 worker",
+    "jobgate-hit-workers-2": "jobgate, hit, 2 workers",
 }
 
 CHART_LABELS = {
@@ -32,6 +34,8 @@ CHART_LABELS = {
     "jobgate-hit": "jobgate hit",
     "jobgate-miss": "jobgate miss, one job",
     "jobgate-miss-distinct": "jobgate miss, distinct jobs",
+    "jobgate-hit-workers-1": "jobgate hit, workers=1",
+    "jobgate-hit-workers-2": "jobgate hit, workers=2",
 }
 
 
@@ -139,6 +143,98 @@ def section_matrix(results):
     return out
 
 
+def fmt_split(split):
+    """Format requests per worker label as shares, "52% / 48%"."""
+    total = sum(split.values())
+    if not total:
+        return "-"
+    return " / ".join(f"{split[w] / total * 100:.0f}%"
+                      for w in sorted(split, key=int))
+
+
+def cpu_list_text(cpus):
+    """Return "CPU 0" or "CPUs 0 and 1" for a taskset list."""
+    parts = cpus.split(",")
+    if len(parts) == 1:
+        return f"CPU {parts[0]}"
+    return "CPUs " + ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def sharing_sentence(settings, cpus):
+    """Say whether the 2-worker process shares wrk's CPU."""
+    client = str(settings["client_cpu"])
+    if client in cpus.split(","):
+        return (f"wrk stays on CPU {client}, which the 2-worker process also "
+                "uses, so one of its two workers shares a CPU with wrk.")
+    return (f"wrk stays on CPU {client}, which the 2-worker process does not "
+            "use.")
+
+
+def section_workers(results):
+    data = results.get("workers")
+    rows = results.get("summary", {}).get("workers")
+    if not data or not rows:
+        return []
+    s = results["settings"]
+    cpus = data["cpus"]
+    has_matrix = "matrix" in results.get("summary", {})
+
+    out = ["## Workers", "",
+           "Two more jobgate processes, one with `workers=1` and one with "
+           "`workers=2`, serve hits in turns, each repetition starting with "
+           "the other one. The hits are for the same job, body and "
+           f"`{s['credential_header']}` header as the jobgate hit rows of "
+           "the throughput section, with the credential proven and the job "
+           f"stored before the runs. Each figure is the median of "
+           f"{runs_text(s['repeats'])} of {s['duration_s']} s with one wrk "
+           "thread. The 1-worker process runs on "
+           f"{cpu_list_text(cpus['1'])}, like the matrix's servers, and the "
+           f"2-worker process on {cpu_list_text(cpus['2'])}. "
+           + sharing_sentence(s, cpus["2"]),
+           "",
+           "\"x 1 worker\" divides by the 1-worker row at the same "
+           "connection count. \"x proxy_cache\" divides requests per second "
+           "by nginx proxy_cache's in the throughput section, measured "
+           "earlier in this run with one nginx worker on CPU "
+           f"{s['server_cpu']}. CPU us/req is the user and system time of "
+           "all the process's threads over the run divided by the requests "
+           "answered. Server and wrk CPU are in percent of one CPU. The last "
+           "column is each worker's share of the requests, from "
+           "`jobgate_worker_requests_total` on the admin port, and the "
+           "harness checks that every worker served requests in every run.",
+           ""]
+    if has_matrix:
+        out += ["The chart in the throughput section shows both variants "
+                "beside the servers there.", ""]
+    else:
+        out += ["The throughput section did not run, so there is no nginx "
+                "proxy_cache figure to divide by.", "",
+                "![Requests per second by variant and connection count]"
+                "(results.png)", ""]
+
+    body = []
+    for row in rows:
+        proxy = row.get("ratio_nginx_proxy_cache") or {}
+        body.append([
+            row["connections"], row["workers"],
+            f"{fmt_int(row['rps'])} ({fmt_int(row['rps_min'])}-"
+            f"{fmt_int(row['rps_max'])})",
+            fmt_ratio(row, "rps"),
+            "-" if proxy.get("rps") is None else f"{proxy['rps']:.2f}x",
+            fmt(row["p50_us"] / 1000), fmt(row["p99_us"] / 1000),
+            fmt(row["cpu_us_per_request"], 1),
+            f"{row['server_cpu_util'] * 100:.0f}%",
+            f"{row['client_cpu_util'] * 100:.0f}%",
+            fmt_split(row.get("worker_requests") or {}),
+        ])
+    out.append(table(["Connections", "Workers", "req/s (min-max)",
+                      "x 1 worker", "x proxy_cache", "p50 ms", "p99 ms",
+                      "CPU us/req", "Server CPU", "wrk CPU",
+                      "Requests per worker"], body))
+    out.append("")
+    return out
+
+
 def section_cache_size(results):
     data = results.get("cache_size")
     rows = results.get("summary", {}).get("cache_size")
@@ -226,18 +322,51 @@ def section_coalesce(results):
     data = results.get("coalesce")
     if not data:
         return []
-    rows = [[c["case"], c["clients"], c["origin_requests"], c["expected"],
-             c["collapsed"], fmt(c["elapsed_ms"], 0)] for c in data["cases"]]
-    return ["## Concurrent misses for one job", "",
-            "Each case sends its requests at once, on connections opened "
+    # Results from before the 2-worker cases have rows without "workers".
+    cases = {}
+    for row in data["cases"]:
+        cases.setdefault(row["case"], {})[row.get("workers", 1)] = row
+    counts = sorted({n for by_workers in cases.values() for n in by_workers})
+
+    def per_variant(by_workers, cell):
+        return " / ".join(cell(by_workers[n]) if n in by_workers else "-"
+                          for n in counts)
+
+    variants = " / ".join(f"{n} worker{'s' if n > 1 else ''}"
+                          for n in counts)
+    suffix = f" ({variants})" if len(counts) > 1 else ""
+    rows = []
+    for label, by_workers in cases.items():
+        first = next(iter(by_workers.values()))
+        row = [label, first["clients"], first["expected"],
+               per_variant(by_workers, lambda c: str(c["origin_requests"])),
+               per_variant(by_workers, lambda c: str(c["collapsed"])),
+               per_variant(by_workers, lambda c: fmt(c["elapsed_ms"], 0))]
+        if 2 in counts:
+            split = by_workers.get(2, {}).get("worker_requests") or {}
+            row.append(" / ".join(f"{split[w]:.0f}"
+                                  for w in sorted(split, key=int)) or "-")
+        rows.append(row)
+    header = ["Case", "Clients", "Expected", "Origin requests" + suffix,
+              "Answers marked collapsed" + suffix, "Burst ms" + suffix]
+    text = ("Each case sends its requests at once, on connections opened "
             "beforehand, for a job that is not cached. The origin "
             f"(bench/origin/slow-origin.mjs, Node) holds every answer "
             f"{data['origin_delay_ms']} ms and counts the requests it "
             "receives per job. Unproven credentials are never merged with "
             "each other, by design, so the third case expects one fetch per "
-            "credential.", "",
-            table(["Case", "Clients", "Origin requests", "Expected",
-                   "Answers marked collapsed", "Burst ms"], rows), ""]
+            "credential.")
+    if 2 in counts:
+        header.append("Requests per worker (2 workers)")
+        cpus = data.get("cpus", {})
+        text += (" The cases run once against a jobgate with one worker "
+                 f"on {cpu_list_text(cpus.get('1', '?'))} and once, with "
+                 "other job ids, against one with `workers=2` on "
+                 f"{cpu_list_text(cpus.get('2', '?'))}. Either worker may "
+                 "accept a connection, so a case tests a fetch shared across "
+                 "workers when the last column shows requests on both.")
+    return ["## Concurrent misses for one job", "", text, "",
+            table(header, rows), ""]
 
 
 def watched_cost(grind, function):
@@ -495,12 +624,14 @@ def section_machine(results):
     elif "matrix" not in results:
         out.append("- Every check of the sections that ran passed.")
     else:
+        workers = (", in the workers section every worker served requests "
+                   "in every run" if "workers" in results else "")
         out.append("- Every check passed: each jobgate hit run was answered "
                    "from the cache alone (its hit counter grew by the "
                    "answers and its miss counter not at all), nginx "
                    "proxy_cache sent nothing to the origin during its runs, "
-                   "every credential was proven before the miss runs, and "
-                   "wrk saw no errors.")
+                   f"every credential was proven before the miss runs{workers}"
+                   ", and wrk saw no errors.")
     out.append("")
     return out
 
@@ -512,15 +643,18 @@ def build_text(versions):
         text += f", extra CFLAGS `{build['CMAKE_C_FLAGS']}`"
     modified = versions.get("jobgate_modified")
     if modified:
-        names = [line[3:] for line in modified]
+        # git status --porcelain writes "XY PATH" lines. The first one may
+        # have lost its leading blank when the output was stripped.
+        names = [line.split(None, 1)[1] for line in modified]
         text += (", built with uncommitted changes to "
                  + ", ".join(f"`{name}`" for name in names))
     return text
 
 
 def client_and_load_notes(results):
-    rows = (results.get("summary", {}).get("matrix") or []) + \
-        (results.get("summary", {}).get("cache_size") or [])
+    summary = results.get("summary", {})
+    rows = (summary.get("matrix") or []) + (summary.get("workers") or []) + \
+        (summary.get("cache_size") or [])
     notes = []
     busy = [r for r in rows if r["client_cpu_util"] >= 0.85]
     if busy:
@@ -532,6 +666,7 @@ def client_and_load_notes(results):
             "faster than shown, and its CPU time per request is the better "
             "measure.")
     runs = (results.get("matrix", {}).get("runs", []) +
+            results.get("workers", {}).get("runs", []) +
             results.get("cache_size", {}).get("runs", []))
     if runs:
         worst = max(runs, key=lambda r: r["other_cpu_util"])
@@ -556,7 +691,8 @@ def client_and_load_notes(results):
 
 
 def write_chart(results, out_dir):
-    rows = results.get("summary", {}).get("matrix")
+    summary = results.get("summary", {})
+    rows = (summary.get("matrix") or []) + (summary.get("workers") or [])
     if not rows:
         return None
     servers = [s for s in CHART_LABELS if any(r["server"] == s for r in rows)]
@@ -583,7 +719,9 @@ def write_chart(results, out_dir):
         plots.append(f"{source} using {col}:{col + 1}:{col + 2}{xtic} "
                      f"title '{CHART_LABELS[s]}'")
     script = "\n".join([
-        "set terminal pngcairo size 900,560 font 'sans,10'",
+        # A key below the plot takes three rows for seven series, and
+        # gnuplot then draws the x label over its first row.
+        "set terminal pngcairo size 1100,560 font 'sans,10'",
         f"set output '{png}'",
         "set title 'Requests per second (median of the runs; bars: min to "
         "max)'",
@@ -591,7 +729,7 @@ def write_chart(results, out_dir):
         "set ylabel 'requests per second'",
         "set yrange [0:*]",
         "set grid ytics",
-        "set key below horizontal",
+        "set key outside right top vertical",
         "set style data histogram",
         "set style histogram errorbars gap 2 lw 1",
         "set style fill solid 0.85 border -1",
@@ -607,6 +745,17 @@ def write_chart(results, out_dir):
 
 
 # ---- page -----------------------------------------------------------------
+
+
+# The hand-written record of the optimisations tried, kept beside this
+# script and copied into every page.
+TRIED = Path(__file__).resolve().parent / "TRIED.md"
+
+
+def section_tried():
+    if not TRIED.exists():
+        return []
+    return TRIED.read_text().rstrip().split("\n") + [""]
 
 
 def render(results):
@@ -625,9 +774,10 @@ def render(results):
         intro += [f"**The run stopped early** ({results['stopped_early']}); "
                   "the sections it did not reach are missing.", ""]
     parts = [intro, section_targets(results), [""], section_matrix(results),
-             section_cache_size(results), section_ready(results),
+             section_workers(results), section_cache_size(results),
+             section_ready(results),
              section_coalesce(results), section_profile(results),
-             section_machine(results)]
+             section_tried(), section_machine(results)]
     return "\n".join(line for part in parts for line in part).rstrip() + "\n"
 
 
