@@ -86,7 +86,35 @@ def section_targets(results):
     out.append(table(["Target", "Measured", "Met"],
                      [[t["target"], t["measured"], met_text(t["met"])]
                       for t in targets]))
+    out += rss_explanation(results)
     return out
+
+
+def rss_explanation(results):
+    """Where jobgate's resident memory after the 1000-connection hit run
+    goes, by mapping, so that a missed memory target says why."""
+    rows = results.get("summary", {}).get("matrix") or []
+    row = next((r for r in rows if r["server"] == "jobgate-hit"
+                and r["connections"] == 1000), None)
+    split = row.get("rss_by_mapping") if row else None
+    if not split:
+        return []
+    files = ", ".join(f"{name} {kib / 1024:.1f} MiB"
+                      for name, kib in split["files"])
+    file_total = (sum(kib for _, kib in split["files"]) +
+                  split["other_files_kib"])
+    return ["", f"Where jobgate's {row['rss_kib'] / 1024:.1f} MiB of VmRSS "
+            "after the 1000-connection hit run go, from /proc/PID/smaps: "
+            f"{split['anon_kib'] / 1024:.1f} MiB in memory not backed by a "
+            "file (heap, stacks, connection buffers), and "
+            f"{file_total / 1024:.1f} MiB in pages of mapped files, most of "
+            f"them shared libraries: {files}, "
+            f"{split['other_files_kib'] / 1024:.1f} MiB in the rest. The "
+            "libraries' pages are shared with every other process that maps "
+            "them, but VmRSS counts them in full. libcurl from Debian links "
+            "GnuTLS, nettle and p11-kit for its LDAP and RTMP support, and "
+            "they are loaded and initialised at start even though jobgate "
+            "uses neither."]
 
 
 def section_matrix(results):
