@@ -109,6 +109,12 @@ struct jg_http_server {
     uint64_t last_reject_log_ms;
     time_t date_second;
     char date[40];
+    /* libevent common timeouts: every connection's deadline is one of two
+     * durations, so adding one appends to a queue instead of a heap. */
+    struct timeval header_tv;
+    struct timeval idle_tv;
+    const struct timeval *header_timeout;
+    const struct timeval *idle_timeout;
 };
 
 static void process_input(struct jg_http_conn *conn);
@@ -207,14 +213,9 @@ http_date(struct jg_http_server *srv)
 }
 
 static void
-arm_deadline(struct jg_http_conn *conn, uint64_t ms)
+arm_deadline(struct jg_http_conn *conn, const struct timeval *timeout)
 {
-    struct timeval tv = {
-        .tv_sec = (time_t)(ms / 1000),
-        .tv_usec = (suseconds_t)(ms % 1000) * 1000,
-    };
-
-    evtimer_add(conn->deadline, &tv);
+    evtimer_add(conn->deadline, timeout);
 }
 
 /* ---- output --------------------------------------------------------- */
@@ -393,6 +394,11 @@ on_readable(evutil_socket_t fd, short what, void *arg)
     ssize_t n;
 
     (void)what;
+    /* Pipelined bytes, or the end of the stream, wait for the answer. */
+    if (conn->busy) {
+        event_del(conn->read_event);
+        return;
+    }
     if (conn->in_len == conn->in_cap) {
         size_t max = conn->srv->limits.max_header_bytes +
                      conn->srv->limits.max_body_bytes + 65536;
@@ -454,7 +460,7 @@ conn_open(struct jg_http_server *srv, int fd)
     JG_COUNT(srv->stats.connections_accepted);
 
     event_add(conn->read_event, NULL);
-    arm_deadline(conn, srv->limits.header_timeout_ms);
+    arm_deadline(conn, srv->header_timeout);
 }
 
 static void
@@ -932,9 +938,13 @@ dispatch(struct jg_http_conn *conn)
 {
     struct jg_http_request *req = &conn->req;
 
+    /*
+     * The read event and the deadline stay armed: most requests are
+     * answered before the handler returns, and on_readable() and
+     * on_deadline() leave a busy connection alone. Removing and adding
+     * the read event would cost an epoll_ctl(2) per request.
+     */
     conn->busy = true;
-    event_del(conn->deadline);
-    event_del(conn->read_event);
     req->out_len = 0;
     conn->srv->handler(req, conn->srv->handler_arg);
 }
@@ -994,7 +1004,7 @@ finish_request(struct jg_http_conn *conn)
     conn->chunked_body = NULL;
     /* Also while a closing connection drains a slow reader. */
     if (!conn->broken)
-        arm_deadline(conn, conn->srv->limits.idle_timeout_ms);
+        arm_deadline(conn, conn->srv->idle_timeout);
 
     /* Inside process_input() its loop takes the next request or closes. */
     if (conn->processing)
@@ -1229,6 +1239,22 @@ jg_http_reply_buffer(struct jg_http_request *req, int status,
 
 /* ---- the server ----------------------------------------------------- */
 
+/*
+ * Point *out at the base's common timeout of ms milliseconds, or at
+ * plain, set to the same duration, when the base cannot make one: a NULL
+ * timeout would make evtimer_add() wait forever.
+ */
+static void
+set_timeout(struct event_base *base, uint64_t ms, struct timeval *plain,
+            const struct timeval **out)
+{
+    plain->tv_sec = (time_t)(ms / 1000);
+    plain->tv_usec = (suseconds_t)(ms % 1000) * 1000;
+    *out = event_base_init_common_timeout(base, plain);
+    if (*out == NULL)
+        *out = plain;
+}
+
 struct jg_http_server *
 jg_http_server_new(struct event_base *base,
                    const struct jg_http_limits *limits,
@@ -1240,6 +1266,10 @@ jg_http_server_new(struct event_base *base,
     srv->limits = *limits;
     srv->handler = handler;
     srv->handler_arg = arg;
+    set_timeout(base, limits->header_timeout_ms, &srv->header_tv,
+                &srv->header_timeout);
+    set_timeout(base, limits->idle_timeout_ms, &srv->idle_tv,
+                &srv->idle_timeout);
     return srv;
 }
 
