@@ -33,7 +33,8 @@ import { after, before, describe, test } from 'node:test';
 import { JOB_PATH, keyHeader, makeTempDir, startJobgate } from './harness.mjs';
 import { createGate, startUpstream } from './upstream.mjs';
 
-const CYCLES = 20;
+// JG_CRASH_CYCLES makes a longer soak run of the same test.
+const CYCLES = Number(process.env.JG_CRASH_CYCLES ?? 20);
 const WORKERS = 6;
 // Responses seen before the kill, drawn per cycle.
 const KILL_AFTER_MIN = 8;
