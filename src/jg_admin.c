@@ -190,7 +190,11 @@ purge(struct jg_server *srv, struct evhttp_request *req, const char *path)
         return;
     }
 
-    /* Queued writes go first so that a purge also removes them. */
+    /*
+     * Queued writes go first so that a purge also removes them.
+     * NOTE: only worker 0's queue; with several workers, an answer another
+     * loop stored in the same instant may be committed after the purge.
+     */
     jg_cache_flush(srv->cache);
     removed = by_job ? jg_cache_purge_job(srv->cache, id)
                      : jg_cache_purge_org(srv->cache, id);
