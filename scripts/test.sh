@@ -4,7 +4,8 @@
 # against the built jobgate), first in a normal build, then once more with
 # two worker loops, then with jobgate under valgrind memcheck, then a short
 # run of every libFuzzer target, and last everything again in a build with
-# AddressSanitizer and UndefinedBehaviorSanitizer. FUZZ_SECONDS sets the time per fuzz target
+# AddressSanitizer and UndefinedBehaviorSanitizer, with one worker loop and
+# with two. FUZZ_SECONDS sets the time per fuzz target
 # (default 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,3 +52,4 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 build_and_unit_test build-sanitize -DJOBGATE_SANITIZE=ON
 integration_test build-sanitize
+JG_TEST_WORKERS=2 integration_test build-sanitize

@@ -230,6 +230,34 @@ is_expired(const struct jg_cache *cache, int64_t stored_at, int64_t now)
 /* ---- open and close ------------------------------------------------- */
 
 /* Create dir mode 0700 when missing, and reject one others may write to. */
+/*
+ * Refuse data files that other users may read or write: they hold every
+ * organization's cached jobs. jobgate creates them mode 0600; an older or
+ * copied file may have another mode.
+ */
+static int
+check_file_modes(const char *dir, char *err, size_t errlen)
+{
+    static const char *const names[] = {"data.mdb", "lock.mdb"};
+    char path[4096];
+    struct stat st;
+    size_t i;
+
+    for (i = 0; i < JG_ARRAY_LEN(names); i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        if (stat(path, &st) != 0)
+            continue;
+        if (st.st_mode & (S_IROTH | S_IWOTH)) {
+            set_error(err, errlen,
+                      "cache file %s is open to other users (mode %04o); "
+                      "run chmod 600 on it",
+                      path, (unsigned int)(st.st_mode & 07777));
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int
 prepare_dir(const char *dir, char *err, size_t errlen)
 {
@@ -259,7 +287,7 @@ prepare_dir(const char *dir, char *err, size_t errlen)
                   dir, (unsigned int)(st.st_mode & 07777));
         return -1;
     }
-    return 0;
+    return check_file_modes(dir, err, errlen);
 }
 
 static int

@@ -79,7 +79,6 @@ struct flight_key {
 };
 
 struct job_request;
-struct shared_outcome;
 
 struct jg_flight {
     struct jg_flight *next;       /* bucket chain */
@@ -95,6 +94,13 @@ struct jg_flight {
     uint64_t forget_epoch;        /* the shared forget_epoch when the fetch
                                      began */
     uint8_t job[JG_UUID_LEN];
+    /*
+     * Set when the answer was queued for the cache: the flight stays in
+     * the table, and later misses take this outcome, until the write is
+     * committed and a lookup finds the entry.
+     */
+    struct shared_outcome *settled;
+    struct jg_flight *next_settled; /* the worker's list of such flights */
 };
 
 struct job_request {
@@ -119,12 +125,44 @@ struct job_request {
     struct job_request *next_waiter;
     struct shared_outcome *remote_outcome; /* set while posted to this
                                               request's worker */
+    bool looked_up;               /* the cache was searched */
+    uint64_t settle_gen;          /* the shared settle_gen before that */
     uint64_t started_ms;
+};
+
+/*
+ * The outcome of one finished fetch, as its waiters see it. For waiters on
+ * the flight's own worker it points into the upstream response; for those
+ * on other workers into a copy (struct shared_outcome).
+ */
+struct outcome {
+    enum jg_fetch_error error;
+    uint64_t elapsed_ms;
+    const struct evkeyvalq *headers;
+    int status;
+    const char *body;
+    size_t body_len;
+    bool org_valid;
+    uint8_t org[JG_UUID_LEN];
+    bool stored;
+    const char *detail;           /* why the answer was not stored; static */
+    bool leader_has_cred;
+    uint8_t leader_cred[JG_CRED_HASH_LEN];
+};
+
+/* An outcome copied for the waiters on other workers. */
+struct shared_outcome {
+    struct outcome oc;
+    struct evkeyvalq headers;
+    char *body;
+    size_t refs;                  /* atomic: remote waiters not yet answered */
 };
 
 static struct jg_flight *flight_new(struct job_request *jr);
 static void flight_fetch(struct jg_flight *flight, struct job_request *jr);
 static void flight_start(struct job_request *jr);
+static void deliver(struct job_request *jr, const struct outcome *oc);
+static void release_outcome(struct shared_outcome *so);
 
 /*
  * Write the credential fingerprint for a log line, or return "-". It is
@@ -417,6 +455,7 @@ miss(struct job_request *jr)
     struct flight_key key;
     struct jg_flight **slot;
     struct jg_flight *flight;
+    int retries = 0;
 
     JG_COUNT(srv->metrics.cache_misses);
     if (!flight_key_for(jr, &key)) {
@@ -424,9 +463,24 @@ miss(struct job_request *jr)
         return;
     }
 
+again:
     pthread_mutex_lock(&sh->flights_lock);
     slot = flight_slot(sh, &key);
     flight = *slot;
+    if (flight == NULL && jr->looked_up && retries < 2 &&
+        sh->settle_gen != jr->settle_gen) {
+        /*
+         * A flight settled since this request searched the cache: its
+         * entry may have been committed after that search, and its flight
+         * removed before this one. Search again rather than fetch again.
+         */
+        jr->settle_gen = sh->settle_gen;
+        pthread_mutex_unlock(&sh->flights_lock);
+        retries++;
+        if (lookup(jr))
+            return;
+        goto again;
+    }
     if (flight == NULL) {
         flight = flight_new(jr);
         flight->key = key;
@@ -436,6 +490,19 @@ miss(struct job_request *jr)
         sh->flight_count++;
         pthread_mutex_unlock(&sh->flights_lock);
         flight_fetch(flight, jr);
+        return;
+    }
+    if (flight->settled != NULL) {
+        struct shared_outcome *so = flight->settled;
+
+        /* Answered and queued for the cache: take the same answer. */
+        __atomic_add_fetch(&so->refs, 1, __ATOMIC_ACQ_REL);
+        pthread_mutex_unlock(&sh->flights_lock);
+        JG_COUNT(srv->metrics.coalesced);
+        jr->collapsed = true;
+        set_state(jr, JOB_WAITING);
+        deliver(jr, &so->oc);
+        release_outcome(so);
         return;
     }
     if (flight->waiter_count >= srv->cfg.max_waiters) {
@@ -452,34 +519,6 @@ miss(struct job_request *jr)
 }
 
 /* ---- answers after a fetch ----------------------------------------- */
-
-/*
- * The outcome of one finished fetch, as its waiters see it. For waiters on
- * the flight's own worker it points into the upstream response; for those
- * on other workers into a copy (struct shared_outcome).
- */
-struct outcome {
-    enum jg_fetch_error error;
-    uint64_t elapsed_ms;
-    const struct evkeyvalq *headers;
-    int status;
-    const char *body;
-    size_t body_len;
-    bool org_valid;
-    uint8_t org[JG_UUID_LEN];
-    bool stored;
-    const char *detail;           /* why the answer was not stored; static */
-    bool leader_has_cred;
-    uint8_t leader_cred[JG_CRED_HASH_LEN];
-};
-
-/* An outcome copied for the waiters on other workers. */
-struct shared_outcome {
-    struct outcome oc;
-    struct evkeyvalq headers;
-    char *body;
-    size_t refs;                  /* atomic: remote waiters not yet answered */
-};
 
 /* Every Cache-Control field line counts, not only the first. */
 static bool
@@ -645,9 +684,20 @@ share_outcome(const struct outcome *oc)
     }
     so->oc.headers = &so->headers;
     so->body = jg_malloc(oc->body_len + 1);
-    memcpy(so->body, oc->body, oc->body_len);
+    if (oc->body_len > 0)
+        memcpy(so->body, oc->body, oc->body_len);
     so->oc.body = so->body;
     return so;
+}
+
+static void
+release_outcome(struct shared_outcome *so)
+{
+    if (__atomic_sub_fetch(&so->refs, 1, __ATOMIC_ACQ_REL) > 0)
+        return;
+    evhttp_clear_headers(&so->headers);
+    jg_free(so->body);
+    jg_free(so);
 }
 
 /* On a waiter's own worker: answer it from a copied outcome. */
@@ -660,10 +710,28 @@ deliver_remote(struct jg_server *srv, void *arg)
     (void)srv;
     jr->remote_outcome = NULL;
     deliver(jr, &so->oc);
-    if (__atomic_sub_fetch(&so->refs, 1, __ATOMIC_ACQ_REL) == 0) {
-        evhttp_clear_headers(&so->headers);
-        jg_free(so->body);
-        jg_free(so);
+    release_outcome(so);
+}
+
+void
+jg_request_settle(struct jg_server *srv)
+{
+    struct jg_shared *sh = srv->shared;
+    struct jg_flight *flight = srv->settled;
+    struct jg_flight *next;
+
+    srv->settled = NULL;
+    if (flight == NULL)
+        return;
+    pthread_mutex_lock(&sh->flights_lock);
+    for (next = flight; next != NULL; next = next->next_settled)
+        flight_unlink(next);
+    __atomic_store_n(&sh->settle_gen, sh->settle_gen + 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&sh->flights_lock);
+    for (; flight != NULL; flight = next) {
+        next = flight->next_settled;
+        release_outcome(flight->settled);
+        jg_free(flight);
     }
 }
 
@@ -680,16 +748,13 @@ flight_done(const struct jg_upstream_response *resp, void *arg)
         .leader_has_cred = flight->leader_has_cred,
     };
     struct shared_outcome *so = NULL;
+    struct job_request *waiters;
     struct job_request *jr;
     struct job_request *next;
     size_t remote = 0;
+    bool keep;
 
     memcpy(oc.leader_cred, flight->leader_cred, JG_CRED_HASH_LEN);
-
-    /* Misses from now on start a new flight, and no waiter joins this one. */
-    pthread_mutex_lock(&sh->flights_lock);
-    flight_unlink(flight);
-    pthread_mutex_unlock(&sh->flights_lock);
 
     if (resp->error != JG_FETCH_OK) {
         oc.status = resp->error == JG_FETCH_TIMEOUT     ? 504
@@ -719,16 +784,39 @@ flight_done(const struct jg_upstream_response *resp, void *arg)
         }
     }
 
-    /* Waiters on other workers are answered on their own threads, from a
-     * copy that the last of them frees. */
-    for (jr = flight->waiters; jr != NULL; jr = jr->next_waiter)
-        remote += jr->srv != srv;
-    if (remote > 0) {
+    /*
+     * A stored answer reaches the cache only when this worker commits its
+     * batch at the end of the loop turn. Until then the flight stays in the
+     * table with a copy of the outcome, so that a miss in between, on any
+     * worker or pipelined behind the leader, takes this answer instead of
+     * fetching again. Any other answer ends the flight now.
+     */
+    keep = oc.stored && flight->in_table;
+    if (keep) {
         so = share_outcome(&oc);
-        so->refs = remote;
+        so->refs = 1;
     }
+    pthread_mutex_lock(&sh->flights_lock);
+    waiters = flight->waiters;
+    flight->waiters = NULL;
+    if (keep)
+        flight->settled = so;
+    else
+        flight_unlink(flight);
+    pthread_mutex_unlock(&sh->flights_lock);
 
-    for (jr = flight->waiters; jr != NULL; jr = next) {
+    /* Waiters on other workers are answered on their own threads, from a
+     * copy that the last user frees. */
+    for (jr = waiters; jr != NULL; jr = jr->next_waiter)
+        remote += jr->srv != srv;
+    if (remote > 0 && so == NULL) {
+        so = share_outcome(&oc);
+        so->refs = 0;
+    }
+    if (remote > 0)
+        __atomic_add_fetch(&so->refs, remote, __ATOMIC_ACQ_REL);
+
+    for (jr = waiters; jr != NULL; jr = next) {
         next = jr->next_waiter;
         if (jr->srv == srv) {
             deliver(jr, &oc);
@@ -736,6 +824,12 @@ flight_done(const struct jg_upstream_response *resp, void *arg)
         }
         jr->remote_outcome = so;
         jg_server_post(jr->srv, deliver_remote, jr);
+    }
+
+    if (keep) {
+        flight->next_settled = srv->settled;
+        srv->settled = flight;
+        return;
     }
     jg_free(flight);
 }
@@ -933,8 +1027,13 @@ job_route(struct jg_server *srv, struct jg_http_request *req,
 
     /* A hit is answered from the stack; only a miss needs to outlive this
      * call. */
-    if (jr->has_cred && !jr->refresh && lookup(jr))
-        return;
+    if (jr->has_cred && !jr->refresh) {
+        jr->looked_up = true;
+        jr->settle_gen =
+            __atomic_load_n(&srv->shared->settle_gen, __ATOMIC_ACQUIRE);
+        if (lookup(jr))
+            return;
+    }
     jr = jg_malloc(sizeof(*jr));
     *jr = on_stack;
     jr->on_heap = true;

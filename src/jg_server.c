@@ -75,6 +75,7 @@ flush_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     jg_cache_flush(srv->cache);
+    jg_request_settle(srv);
 }
 
 void
@@ -701,6 +702,7 @@ free_worker(struct jg_server *w)
         jg_upstream_free(w->upstream);
     if (w->cache != NULL)
         jg_cache_close(w->cache);
+    jg_request_settle(w);
     if (w->flush_event != NULL)
         event_free(w->flush_event);
     if (w->drain_timer != NULL)

@@ -102,6 +102,14 @@ struct jg_upstream {
     size_t active;
 };
 
+/* The length of the target's path: log lines leave the query out, since a
+ * query may carry a token. */
+static int
+path_len(const struct jg_fetch *fetch)
+{
+    return (int)strcspn(fetch->target, "?");
+}
+
 /*
  * Fields that a proxy must not forward: the hop-by-hop list of RFC 2616 and
  * the legacy Proxy-Connection. Content-Length goes too, because the server
@@ -218,8 +226,8 @@ commit_field(struct jg_fetch *fetch)
     } else if (!is_dropped_field(name) &&
                evhttp_add_header(&fetch->headers, name, value) != 0) {
         /* Only the name is logged: values may carry credentials. */
-        jg_log_debug("upstream %s %s: dropped invalid response header %s",
-                     fetch->method, fetch->target, name);
+        jg_log_debug("upstream %s %.*s: dropped invalid response header %s",
+                     fetch->method, path_len(fetch), fetch->target, name);
     }
     discard_field(fetch);
 }
@@ -406,12 +414,13 @@ static void
 log_outcome(const struct jg_fetch *fetch, uint64_t elapsed_ms)
 {
     if (fetch->error == JG_FETCH_OK) {
-        jg_log_debug("upstream %s %s: status %ld in %" PRIu64 " ms",
-                     fetch->method, fetch->target, fetch->status, elapsed_ms);
+        jg_log_debug("upstream %s %.*s: status %ld in %" PRIu64 " ms",
+                     fetch->method, path_len(fetch), fetch->target,
+                     fetch->status, elapsed_ms);
         return;
     }
-    jg_log_debug("upstream %s %s: failed (%s) after %" PRIu64 " ms: %s",
-                 fetch->method, fetch->target,
+    jg_log_debug("upstream %s %.*s: failed (%s) after %" PRIu64 " ms: %s",
+                 fetch->method, path_len(fetch), fetch->target,
                  jg_fetch_error_name(fetch->error), elapsed_ms,
                  fetch->error_text);
 }
@@ -858,7 +867,8 @@ jg_upstream_fetch(struct jg_upstream *up, const char *method,
     TAILQ_INIT(&fetch->headers);
     JG_COUNT(up->active);
 
-    jg_log_debug("upstream %s %s: start", fetch->method, fetch->target);
+    jg_log_debug("upstream %s %.*s: start", fetch->method, path_len(fetch),
+                 fetch->target);
 
     /* Without the slash, "@host" in a target would replace the upstream host. */
     if (target[0] != '/') {
@@ -907,9 +917,9 @@ jg_upstream_cancel(struct jg_fetch *fetch)
         return;
     }
 
-    up->active--;
-    jg_log_debug("upstream %s %s: cancelled after %" PRIu64 " ms",
-                 fetch->method, fetch->target,
+    JG_COUNT_SUB(up->active, 1);
+    jg_log_debug("upstream %s %.*s: cancelled after %" PRIu64 " ms",
+                 fetch->method, path_len(fetch), fetch->target,
                  jg_now_ms() - fetch->started_ms);
     fetch_free(fetch);
 }

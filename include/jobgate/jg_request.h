@@ -16,6 +16,12 @@ struct jg_server;
 /* The HTTP server's handler for every request on the proxy port. */
 void jg_request_handle(struct jg_http_request *req, void *arg);
 
+/*
+ * End the flights of this worker whose answers were queued for the cache,
+ * once the batch is committed: from now on a lookup finds the entry.
+ */
+void jg_request_settle(struct jg_server *srv);
+
 /* Forward req unchanged to the upstream and relay the answer. */
 void jg_passthrough_start(struct jg_server *srv, struct jg_http_request *req,
                           const char *target, uint64_t started_ms);

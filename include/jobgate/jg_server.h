@@ -64,6 +64,9 @@ struct jg_shared {
     /* Counts credentials forgotten after a 401, so that a fetch started
      * before one can tell its answer may be stale proof; atomic. */
     uint64_t forget_epoch;
+    /* Counts the settles that removed flights whose answers had just been
+     * committed; written under flights_lock, read atomically. */
+    uint64_t settle_gen;
     struct jg_principals *principals;
     struct jg_server **workers;    /* worker 0 first */
     size_t worker_count;
@@ -104,6 +107,8 @@ struct jg_server {
     size_t active_requests;
 
     struct event *flush_event;   /* commits queued cache writes */
+    /* Flights whose answers wait in this worker's cache batch. */
+    struct jg_flight *settled;
     struct event *sigterm_event;
     struct event *sigint_event;
     struct event *drain_timer;

@@ -12,7 +12,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import { JOB_PATH, keyHeader, startJobgate } from './harness.mjs';
+import { JOB_PATH, keyHeader, rawExchange, startJobgate } from './harness.mjs';
 import { createGate, startUpstream } from './upstream.mjs';
 
 const CLIENTS = 50;
@@ -268,5 +268,24 @@ describe('coalescing', () => {
       up.restoreKey('A1');
       gate.release();
     }
+  });
+
+  test('pipelined repeats of a miss share its fetch', async () => {
+    await prove('A1', 'A');
+    const id = up.createJob({ org: 'A', status: 'completed' });
+    const request = (last) => `GET ${JOB_PATH(id)} HTTP/1.1\r\nHost: jobgate\r\n`
+      + `Galileo-API-Key: ${up.keys.A1}\r\n${last ? 'Connection: close\r\n' : ''}\r\n`;
+
+    // The second and third requests are read with the first and parsed
+    // as soon as it is answered, before its cache write is committed.
+    const res = await rawExchange(jg.port, request(false) + request(false) + request(true));
+    assert.equal(res.closed, true);
+    const answers = res.data.split(/(?=HTTP\/1\.1 )/);
+    assert.equal(answers.length, 3, res.data);
+    for (const answer of answers) {
+      assert.match(answer, /^HTTP\/1\.1 200 /);
+      assert.ok(answer.endsWith(up.jobBody(id)), answer);
+    }
+    assert.equal(up.jobCount(id), 1);
   });
 });

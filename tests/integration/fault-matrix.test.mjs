@@ -262,7 +262,9 @@ describe('fault matrix: connection refused', () => {
     upstreamPort = up.port;
     jg = await startJobgate({
       upstreamUrl: up.url,
-      flags: { upstream_timeout_ms: UPSTREAM_TIMEOUT_MS, upstream_connect_timeout_ms: 500, auth_ttl: 3600 },
+      // One loop: the refusal comes back at once, and only one loop reads
+      // all 20 requests in the turn before it arrives.
+      flags: { upstream_timeout_ms: UPSTREAM_TIMEOUT_MS, upstream_connect_timeout_ms: 500, auth_ttl: 3600, workers: 1 },
     });
     for (const name of KEY_NAMES) {
       const proof = up.createJob({ org: 'A', status: 'in_progress' });

@@ -104,6 +104,7 @@ describe('access log', () => {
     const id = up.createJob({ org: 'A', status: 'completed' });
     const y = up.createJob({ org: 'B', status: 'completed' });
     const unknownKey = 'gk_unknown_7f3e9a1c5b2d8e4f6a0c3b9d7e1f5a2c';
+    const queryToken = 'qt_5d1c9e7a3b8f2e6d4a0c';
 
     const login = await jg.request('/login/api_key', {
       method: 'POST',
@@ -124,6 +125,9 @@ describe('access log', () => {
       () => jg.get(JOB_PATH(id), { headers: { 'Galileo-API-Key': unknownKey } }),
       () => jg.get('/v2/org-jobs/not-a-uuid', { headers: keyHeader(up, 'C1') }),
       () => jg.get('/echo/x', { headers: keyHeader(up, 'A2') }),
+      // A query is forwarded, and may carry a token of its own.
+      () => jg.get(`${JOB_PATH(id)}?token=${queryToken}`, { headers: keyHeader(up, 'A1') }),
+      () => jg.get(`/echo/y?token=${queryToken}`, { headers: keyHeader(up, 'A2') }),
     ];
     const linesBefore = jg.accessLines().length;
     for (const send of sends) {
@@ -137,6 +141,7 @@ describe('access log', () => {
       assert.ok(!text.includes(key.slice(6)), `the secret part of key ${name} appears in stderr`);
     }
     assert.ok(!text.includes(unknownKey.slice(11)), 'an unknown key appears in stderr');
+    assert.ok(!text.includes(queryToken), 'a query token appears in stderr');
     for (const t of [token, directToken]) {
       for (const part of t.split('.')) {
         assert.ok(!text.includes(part), 'a token part appears in stderr');

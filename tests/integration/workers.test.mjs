@@ -125,6 +125,25 @@ describe('workers = 2', () => {
     assert.equal(await jg.metric('jobgate_upstream_requests_total'), 3, 'two proofs and one fetch');
   });
 
+  test('bursts with no hold send one request per job', async () => {
+    // Without a hold, a burst's late requests arrive while its answer is
+    // being stored, or just after: they must take that answer or the entry.
+    const proof = up.createJob({ org: 'A', status: 'in_progress' });
+    for (const name of ['A1', 'A2']) {
+      assert.equal((await freshGet(jg, JOB_PATH(proof), keyHeader(up, name))).status, 200);
+    }
+    const ids = Array.from({ length: 8 }, () => up.createJob({ org: 'A', status: 'completed' }));
+    for (const id of ids) {
+      const results = await Promise.all(Array.from({ length: 200 }, (_, i) =>
+        freshGet(jg, JOB_PATH(id), keyHeader(up, i % 2 ? 'A1' : 'A2'))));
+      for (const res of results) {
+        assert.equal(res.status, 200);
+        assert.equal(res.body, up.jobBody(id));
+      }
+      assert.equal(up.jobCount(id), 1, `job ${id}`);
+    }
+  });
+
   test('misses of one unproven credential on both loops share one fetch', async () => {
     const id = up.createJob({ org: 'B', status: 'completed' });
     const gate = up.hold({ job: id });

@@ -1099,6 +1099,31 @@ cache_world_writable_rejected(void **state)
 }
 
 static void
+cache_file_open_to_others_rejected(void **state)
+{
+    struct fixture *f = *state;
+    struct jg_cache_options opts = {.dir = f->dir, .max_bytes = BIG_MAP};
+    char path[160];
+    char err[512] = "";
+
+    open_cache(f, BIG_MAP, 0);
+    close_cache(f);
+    snprintf(path, sizeof(path), "%s/data.mdb", f->dir);
+
+    assert_int_equal(chmod(path, 0666), 0);
+    assert_int_equal(jg_cache_open(&f->cache, &opts, err, sizeof(err)), -1);
+    assert_null(f->cache);
+    assert_non_null(strstr(err, path));
+    assert_non_null(strstr(err, "mode 0666"));
+
+    /* Readable by others is refused too; by the group is the owner's call. */
+    assert_int_equal(chmod(path, 0604), 0);
+    assert_int_equal(jg_cache_open(&f->cache, &opts, err, sizeof(err)), -1);
+    assert_int_equal(chmod(path, 0660), 0);
+    assert_int_equal(jg_cache_open(&f->cache, &opts, err, sizeof(err)), 0);
+}
+
+static void
 cache_bad_options_rejected(void **state)
 {
     struct fixture *f = *state;
@@ -1561,6 +1586,8 @@ main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(cache_purge_job, setup, teardown),
         cmocka_unit_test_setup_teardown(cache_purge_org, setup, teardown),
+        cmocka_unit_test_setup_teardown(cache_file_open_to_others_rejected,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(cache_world_writable_rejected, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(cache_bad_options_rejected, setup,
