@@ -492,6 +492,12 @@ again:
         flight_fetch(flight, jr);
         return;
     }
+    if (flight->settled != NULL && jr->refresh) {
+        /* no-cache asks for an answer fetched after the request came. */
+        pthread_mutex_unlock(&sh->flights_lock);
+        flight_start(jr);
+        return;
+    }
     if (flight->settled != NULL) {
         struct shared_outcome *so = flight->settled;
 

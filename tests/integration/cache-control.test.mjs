@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import { JOB_PATH, keyHeader, startJobgate } from './harness.mjs';
+import { JOB_PATH, keyHeader, rawExchange, startJobgate } from './harness.mjs';
 import { startUpstream } from './upstream.mjs';
 
 const HIT = 'jobgate; hit';
@@ -118,6 +118,22 @@ describe('client Cache-Control', () => {
     await getJob(id);
     const forced = await getJob(id, { 'Cache-Control': 'max-age=0, no-cache' });
     assert.match(forced.headers['cache-status'], /^jobgate; fwd=request;/);
+    assert.equal(up.jobCount(id), 2);
+  });
+
+  test('pipelined no-cache behind a miss fetches again', async () => {
+    const proof = up.createJob({ org: 'A', status: 'in_progress' });
+    assert.equal((await getJob(proof)).status, 200);
+    const id = up.createJob({ org: 'A', status: 'completed' });
+    const request = (extra) => `GET ${JOB_PATH(id)} HTTP/1.1\r\nHost: jobgate\r\n`
+      + `Galileo-API-Key: ${up.keys.A1}\r\n${extra}\r\n`;
+
+    // The second request is parsed as soon as the first is answered, while
+    // that answer is still kept for misses: no-cache must not take it.
+    const res = await rawExchange(jg.port, request('') + request('Cache-Control: no-cache\r\nConnection: close\r\n'));
+    const answers = res.data.split(/(?=HTTP\/1\.1 )/);
+    assert.equal(answers.length, 2, res.data);
+    assert.match(answers[1], /\r\nCache-Status: jobgate; fwd=request; fwd-status=200; stored\r\n/i);
     assert.equal(up.jobCount(id), 2);
   });
 });
