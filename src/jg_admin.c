@@ -175,6 +175,7 @@ purge(struct jg_server *srv, struct evhttp_request *req, const char *path)
     const char *seg;
     bool by_job;
     long removed;
+    size_t i;
 
     if (strncmp(path, "/cache/jobs/", 12) == 0) {
         seg = path + 12;
@@ -191,10 +192,14 @@ purge(struct jg_server *srv, struct evhttp_request *req, const char *path)
     }
 
     /*
-     * Queued writes go first so that a purge also removes them.
-     * NOTE: only worker 0's queue; with several workers, an answer another
-     * loop stored in the same instant may be committed after the purge.
+     * Nothing of the scope may be stored again behind the purge: kept
+     * answers stop being handed out, the other workers' queued writes are
+     * dropped (after a commit in progress), and worker 0's go first so that
+     * the purge removes them.
      */
+    jg_request_drop_kept(srv, id, !by_job);
+    for (i = 1; i < srv->shared->worker_count; i++)
+        jg_cache_drop_pending(srv->shared->workers[i]->cache, id, !by_job);
     jg_cache_flush(srv->cache);
     removed = by_job ? jg_cache_purge_job(srv->cache, id)
                      : jg_cache_purge_org(srv->cache, id);

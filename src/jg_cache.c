@@ -30,6 +30,7 @@
 
 #include <errno.h>
 #include <lmdb.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -135,6 +136,13 @@ struct jg_cache {
     bool borrowed_env;
     bool shared;
 
+    /*
+     * The batch is this handle's thread's, except that an admin purge on
+     * another thread drops entries from it: the lock is held for every
+     * change and for the whole commit, so that a purge waits for a commit
+     * in progress and then deletes what it wrote.
+     */
+    pthread_mutex_t pending_lock;
     struct pending_write *pending;
     size_t pending_len;
     size_t pending_cap;
@@ -394,6 +402,7 @@ free_cache(struct jg_cache *cache)
     for (i = 0; i < cache->pending_len; i++)
         jg_free(cache->pending[i].value);
     jg_free(cache->pending);
+    pthread_mutex_destroy(&cache->pending_lock);
     jg_free(cache->dir);
     jg_free(cache);
 }
@@ -422,6 +431,7 @@ jg_cache_open(struct jg_cache **out, const struct jg_cache_options *opts,
     cache = jg_calloc(1, sizeof(*cache));
     cache->dir = jg_strdup(opts->dir);
     cache->ttl_s = opts->ttl_s;
+    pthread_mutex_init(&cache->pending_lock, NULL);
 
     if (open_env(cache, opts->max_bytes, err, errlen) != 0 ||
         open_databases(cache, err, errlen) != 0) {
@@ -446,6 +456,7 @@ jg_cache_share(struct jg_cache *cache)
     other->by_time = cache->by_time;
     other->dir = jg_strdup(cache->dir);
     other->ttl_s = cache->ttl_s;
+    pthread_mutex_init(&other->pending_lock, NULL);
 
     rc = mdb_txn_begin(other->env, NULL, MDB_RDONLY, &other->reader);
     if (rc != 0) {
@@ -755,6 +766,8 @@ jg_cache_release(struct jg_cache *cache)
     reader_end(cache, cache->reader_active);
 }
 
+static int flush_locked(struct jg_cache *cache);
+
 /* ---- the pending batch ---------------------------------------------- */
 
 static struct pending_write *
@@ -803,10 +816,11 @@ jg_cache_put(struct jg_cache *cache, const uint8_t org[JG_UUID_LEN],
         return;
     }
 
+    pthread_mutex_lock(&cache->pending_lock);
     pw = find_pending(cache, key);
     if (pw == NULL) {
         if (cache->pending_len >= MAX_PENDING)
-            jg_cache_flush(cache);
+            flush_locked(cache);
         if (cache->pending_len == cache->pending_cap) {
             cache->pending_cap = cache->pending_cap ? cache->pending_cap * 2
                                                     : 16;
@@ -823,12 +837,18 @@ jg_cache_put(struct jg_cache *cache, const uint8_t org[JG_UUID_LEN],
     pw->value_len = len;
     jg_entry_encode(pw->value, &copy);
     pw->stored_at = copy.stored_at;
+    pthread_mutex_unlock(&cache->pending_lock);
 }
 
 size_t
-jg_cache_pending(const struct jg_cache *cache)
+jg_cache_pending(struct jg_cache *cache)
 {
-    return cache->pending_len;
+    size_t len;
+
+    pthread_mutex_lock(&cache->pending_lock);
+    len = cache->pending_len;
+    pthread_mutex_unlock(&cache->pending_lock);
+    return len;
 }
 
 /* ---- writing -------------------------------------------------------- */
@@ -1177,8 +1197,8 @@ drop_map_full(struct jg_cache *cache)
     cache->map_full_logged = true;
 }
 
-int
-jg_cache_flush(struct jg_cache *cache)
+static int
+flush_locked(struct jg_cache *cache)
 {
     size_t count = cache->pending_len;
     int dead = 0;
@@ -1222,6 +1242,17 @@ jg_cache_flush(struct jg_cache *cache)
     cache->map_full_logged = false;
     clear_pending(cache);
     return (int)count;
+}
+
+int
+jg_cache_flush(struct jg_cache *cache)
+{
+    int rc;
+
+    pthread_mutex_lock(&cache->pending_lock);
+    rc = flush_locked(cache);
+    pthread_mutex_unlock(&cache->pending_lock);
+    return rc;
 }
 
 /* ---- purges --------------------------------------------------------- */
@@ -1367,7 +1398,9 @@ purge(struct jg_cache *cache, enum purge_scope scope,
     size_t i;
     int rc = 0;
 
+    pthread_mutex_lock(&cache->pending_lock);
     purge_pending(cache, scope, id);
+    pthread_mutex_unlock(&cache->pending_lock);
 
     for (i = 0; i < DELETE_MAX_TXNS && !ps.done; i++) {
         rc = read_usage(cache, true, &u);
@@ -1404,6 +1437,15 @@ jg_cache_purge_org(struct jg_cache *cache, const uint8_t org[JG_UUID_LEN])
 }
 
 /* ---- introspection -------------------------------------------------- */
+
+void
+jg_cache_drop_pending(struct jg_cache *cache, const uint8_t id[JG_UUID_LEN],
+                      bool by_org)
+{
+    pthread_mutex_lock(&cache->pending_lock);
+    purge_pending(cache, by_org ? PURGE_ORG : PURGE_JOB, id);
+    pthread_mutex_unlock(&cache->pending_lock);
+}
 
 const struct jg_cache_stats *
 jg_cache_stats(const struct jg_cache *cache)

@@ -148,6 +148,7 @@ struct outcome {
     const char *detail;           /* why the answer was not stored; static */
     bool leader_has_cred;
     uint8_t leader_cred[JG_CRED_HASH_LEN];
+    uint8_t owner[JG_ENTRY_OWNER_LEN]; /* the owner tag of a stored entry */
 };
 
 /* An outcome copied for the waiters on other workers. */
@@ -443,6 +444,79 @@ flight_add_waiter(struct jg_flight *flight, struct job_request *jr)
 }
 
 /*
+ * May jr take an answer kept for the cache? The rule of a cache hit: the
+ * credential is proven now for the job's organization, and with
+ * share_scope = credential the answer was fetched with the same one. A
+ * credential forgotten after a 401 is proven for nothing.
+ */
+static bool
+may_take_kept(const struct job_request *jr, const struct outcome *oc)
+{
+    return oc->org_valid && jr->has_cred &&
+           memcmp(jr->owner, oc->owner, JG_ENTRY_OWNER_LEN) == 0 &&
+           jg_principals_allows(jr->srv->principals, jr->cred, oc->org,
+                                jg_now_ms());
+}
+
+/*
+ * The answer kept for jr's job under key or, for a credential proven
+ * since its first fetch, under the key of the credential itself, with a
+ * reference taken; NULL when there is none. Call with the flights lock
+ * held.
+ */
+static struct shared_outcome *
+find_kept(struct jg_shared *sh, const struct job_request *jr,
+          const struct flight_key *key)
+{
+    struct jg_flight *flight = *flight_slot(sh, key);
+    struct flight_key own;
+
+    if ((flight == NULL || flight->settled == NULL) &&
+        key->kind == FLIGHT_ORG && jr->has_cred) {
+        own = *key;
+        own.kind = FLIGHT_CREDENTIAL;
+        memcpy(own.id, jr->cred, JG_CRED_HASH_LEN);
+        flight = *flight_slot(sh, &own);
+    }
+    if (flight == NULL || flight->settled == NULL)
+        return NULL;
+    __atomic_add_fetch(&flight->settled->refs, 1, __ATOMIC_ACQ_REL);
+    return flight->settled;
+}
+
+/* Answer jr from a kept answer if it may see it; drops the reference. */
+static bool
+take_kept(struct job_request *jr, struct shared_outcome *so)
+{
+    bool taken = may_take_kept(jr, &so->oc);
+
+    if (taken) {
+        JG_COUNT(jr->srv->metrics.coalesced);
+        jr->collapsed = true;
+        set_state(jr, JOB_WAITING);
+        deliver(jr, &so->oc);
+    }
+    release_outcome(so);
+    return taken;
+}
+
+/* For only-if-cached: answer from a kept answer, as from the cache. */
+static bool
+answer_kept(struct job_request *jr)
+{
+    struct jg_shared *sh = jr->srv->shared;
+    struct flight_key key;
+    struct shared_outcome *so;
+
+    if (!flight_key_for(jr, &key))
+        return false;
+    pthread_mutex_lock(&sh->flights_lock);
+    so = find_kept(sh, jr, &key);
+    pthread_mutex_unlock(&sh->flights_lock);
+    return so != NULL && take_kept(jr, so);
+}
+
+/*
  * Join a flight for the same job and scope, or start one. The lookup and
  * the insertion of a new flight happen under one hold of the lock, so two
  * workers missing the same job at once still send one request.
@@ -455,6 +529,7 @@ miss(struct job_request *jr)
     struct flight_key key;
     struct jg_flight **slot;
     struct jg_flight *flight;
+    struct shared_outcome *kept;
     int retries = 0;
 
     JG_COUNT(srv->metrics.cache_misses);
@@ -467,6 +542,18 @@ again:
     pthread_mutex_lock(&sh->flights_lock);
     slot = flight_slot(sh, &key);
     flight = *slot;
+
+    /* An answer kept for the cache is as good as an entry, on the same
+     * terms; no-cache asks for an answer fetched after the request came. */
+    kept = jr->refresh ? NULL : find_kept(sh, jr, &key);
+    if (kept != NULL || (flight != NULL && flight->settled != NULL)) {
+        pthread_mutex_unlock(&sh->flights_lock);
+        if (kept != NULL && take_kept(jr, kept))
+            return;
+        flight_start(jr);
+        return;
+    }
+
     if (flight == NULL && jr->looked_up && retries < 2 &&
         sh->settle_gen != jr->settle_gen) {
         /*
@@ -490,25 +577,6 @@ again:
         sh->flight_count++;
         pthread_mutex_unlock(&sh->flights_lock);
         flight_fetch(flight, jr);
-        return;
-    }
-    if (flight->settled != NULL && jr->refresh) {
-        /* no-cache asks for an answer fetched after the request came. */
-        pthread_mutex_unlock(&sh->flights_lock);
-        flight_start(jr);
-        return;
-    }
-    if (flight->settled != NULL) {
-        struct shared_outcome *so = flight->settled;
-
-        /* Answered and queued for the cache: take the same answer. */
-        __atomic_add_fetch(&so->refs, 1, __ATOMIC_ACQ_REL);
-        pthread_mutex_unlock(&sh->flights_lock);
-        JG_COUNT(srv->metrics.coalesced);
-        jr->collapsed = true;
-        set_state(jr, JOB_WAITING);
-        deliver(jr, &so->oc);
-        release_outcome(so);
         return;
     }
     if (flight->waiter_count >= srv->cfg.max_waiters) {
@@ -720,6 +788,34 @@ deliver_remote(struct jg_server *srv, void *arg)
 }
 
 void
+jg_request_drop_kept(struct jg_server *srv, const uint8_t id[JG_UUID_LEN],
+                     bool by_org)
+{
+    struct jg_shared *sh = srv->shared;
+    size_t b;
+
+    pthread_mutex_lock(&sh->flights_lock);
+    for (b = 0; b < sh->flight_buckets; b++) {
+        struct jg_flight *flight = sh->flights[b];
+
+        while (flight != NULL) {
+            struct jg_flight *next = flight->next;
+            const struct outcome *oc =
+                flight->settled != NULL ? &flight->settled->oc : NULL;
+
+            /* Its worker frees it when the batch is committed. */
+            if (oc != NULL &&
+                (by_org ? oc->org_valid &&
+                              memcmp(oc->org, id, JG_UUID_LEN) == 0
+                        : memcmp(flight->job, id, JG_UUID_LEN) == 0))
+                flight_unlink(flight);
+            flight = next;
+        }
+    }
+    pthread_mutex_unlock(&sh->flights_lock);
+}
+
+void
 jg_request_settle(struct jg_server *srv)
 {
     struct jg_shared *sh = srv->shared;
@@ -761,6 +857,7 @@ flight_done(const struct jg_upstream_response *resp, void *arg)
     bool keep;
 
     memcpy(oc.leader_cred, flight->leader_cred, JG_CRED_HASH_LEN);
+    memcpy(oc.owner, flight->leader_owner, JG_ENTRY_OWNER_LEN);
 
     if (resp->error != JG_FETCH_OK) {
         oc.status = resp->error == JG_FETCH_TIMEOUT     ? 504
@@ -1045,6 +1142,8 @@ job_route(struct jg_server *srv, struct jg_http_request *req,
     jr->on_heap = true;
     set_state(jr, JOB_LOOKED_UP);
 
+    if (jr->only_if_cached && jr->has_cred && answer_kept(jr))
+        return;
     if (jr->only_if_cached) {
         JG_COUNT(srv->metrics.only_if_cached_misses);
         jg_http_add_header(req, "Cache-Status",

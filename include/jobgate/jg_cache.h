@@ -17,6 +17,7 @@
 #ifndef JOBGATE_JG_CACHE_H
 #define JOBGATE_JG_CACHE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -101,7 +102,7 @@ void jg_cache_put(struct jg_cache *cache, const uint8_t org[JG_UUID_LEN],
                   const struct jg_entry *entry);
 
 /* Number of writes queued and not yet committed. */
-size_t jg_cache_pending(const struct jg_cache *cache);
+size_t jg_cache_pending(struct jg_cache *cache);
 
 /*
  * Commit the queued writes in one transaction, evicting first when the map
@@ -117,6 +118,15 @@ int jg_cache_flush(struct jg_cache *cache);
  * on error. */
 long jg_cache_purge_job(struct jg_cache *cache, const uint8_t job[JG_UUID_LEN]);
 long jg_cache_purge_org(struct jg_cache *cache, const uint8_t org[JG_UUID_LEN]);
+
+/*
+ * Discard the queued writes of one job, or of one organization (by_org),
+ * from another thread than the handle's: for a purge, which must also
+ * reach the batches of the other workers. A commit in progress on the
+ * handle finishes first.
+ */
+void jg_cache_drop_pending(struct jg_cache *cache,
+                           const uint8_t id[JG_UUID_LEN], bool by_org);
 
 const struct jg_cache_stats *jg_cache_stats(const struct jg_cache *cache);
 

@@ -6,7 +6,9 @@
 #ifndef JOBGATE_JG_REQUEST_H
 #define JOBGATE_JG_REQUEST_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct evkeyvalq;
 struct jg_http_request;
@@ -21,6 +23,13 @@ void jg_request_handle(struct jg_http_request *req, void *arg);
  * once the batch is committed: from now on a lookup finds the entry.
  */
 void jg_request_settle(struct jg_server *srv);
+
+/*
+ * Stop handing out the answers kept for one job, or for the jobs of one
+ * organization (by_org), as a purge of the cache must.
+ */
+void jg_request_drop_kept(struct jg_server *srv, const uint8_t id[16],
+                          bool by_org);
 
 /* Forward req unchanged to the upstream and relay the answer. */
 void jg_passthrough_start(struct jg_server *srv, struct jg_http_request *req,
