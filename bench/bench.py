@@ -912,8 +912,8 @@ def two_worker_cpus(args):
 
 
 def check_worker_split(bench, run, workers):
-    """Check that every worker of a jobgate served requests during run and
-    that the per-worker counts add up to the requests wrk received."""
+    """Check that /metrics lists every worker of a jobgate and that the
+    per-worker counts add up to the requests wrk received."""
     name, conns, rep = run["server"], run["connections"], run["rep"]
     split = run.get("worker_requests", {})
     served = sum(split.values())
@@ -921,9 +921,12 @@ def check_worker_split(bench, run, workers):
            f"{name} c={conns} rep {rep}: /metrics lists "
            f"jobgate_worker_requests_total for {len(split)} workers, "
            f"expected {workers}")
-    expect(bench, all(value > 0 for value in split.values()),
-           f"{name} c={conns} rep {rep}: requests per worker {split}, "
-           "expected every worker to serve some")
+    # The kernel, not jobgate, picks the worker that accepts each
+    # connection, and it may give all of a run's connections to one: that
+    # is recorded and shown on the page, not a failed check.
+    if any(value == 0 for value in split.values()):
+        log(f"  {name} c={conns} rep {rep}: a worker accepted no "
+            f"connection ({split})")
     # Requests in flight when wrk stopped were served but not counted by
     # wrk, at most one per connection.
     expect(bench, run["requests"] <= served <= run["requests"] + conns,
