@@ -125,8 +125,8 @@ struct job_request {
     struct job_request *next_waiter;
     struct shared_outcome *remote_outcome; /* set while posted to this
                                               request's worker */
-    bool looked_up;               /* the cache was searched */
-    uint64_t settle_gen;          /* the shared settle_gen before that */
+    uint64_t settle_gen;          /* the shared settle_gen before the cache
+                                     lookup */
     uint64_t started_ms;
 };
 
@@ -163,6 +163,7 @@ static struct jg_flight *flight_new(struct job_request *jr);
 static void flight_fetch(struct jg_flight *flight, struct job_request *jr);
 static void flight_start(struct job_request *jr);
 static void deliver(struct job_request *jr, const struct outcome *oc);
+static void reply_upstream(struct job_request *jr, const struct outcome *oc);
 static void release_outcome(struct shared_outcome *so);
 
 /*
@@ -494,7 +495,8 @@ take_kept(struct job_request *jr, struct shared_outcome *so)
         JG_COUNT(jr->srv->metrics.coalesced);
         jr->collapsed = true;
         set_state(jr, JOB_WAITING);
-        deliver(jr, &so->oc);
+        /* may_take_kept() is stricter than may_share(), so no refetch. */
+        reply_upstream(jr, &so->oc);
     }
     release_outcome(so);
     return taken;
@@ -544,7 +546,7 @@ again:
     flight = *slot;
 
     /* An answer kept for the cache is as good as an entry, on the same
-     * terms; no-cache asks for an answer fetched after the request came. */
+     * terms. A no-cache request needs an answer fetched after it came. */
     kept = jr->refresh ? NULL : find_kept(sh, jr, &key);
     if (kept != NULL || (flight != NULL && flight->settled != NULL)) {
         pthread_mutex_unlock(&sh->flights_lock);
@@ -554,7 +556,7 @@ again:
         return;
     }
 
-    if (flight == NULL && jr->looked_up && retries < 2 &&
+    if (flight == NULL && jr->has_cred && !jr->refresh && retries < 2 &&
         sh->settle_gen != jr->settle_gen) {
         /*
          * A flight settled since this request searched the cache: its
@@ -1131,7 +1133,6 @@ job_route(struct jg_server *srv, struct jg_http_request *req,
     /* A hit is answered from the stack; only a miss needs to outlive this
      * call. */
     if (jr->has_cred && !jr->refresh) {
-        jr->looked_up = true;
         jr->settle_gen =
             __atomic_load_n(&srv->shared->settle_gen, __ATOMIC_ACQUIRE);
         if (lookup(jr))

@@ -605,6 +605,18 @@ jg_server_init(struct jg_server *srv, const struct jg_config *cfg)
     return 0;
 }
 
+/* Block SIGTERM and SIGINT in the calling thread; old gets the former mask. */
+static void
+block_stop_signals(sigset_t *old)
+{
+    sigset_t block;
+
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &block, old);
+}
+
 static void *
 worker_main(void *arg)
 {
@@ -621,7 +633,6 @@ int
 jg_server_run(struct jg_server *srv)
 {
     struct jg_shared *sh = srv->shared;
-    sigset_t block;
     sigset_t old;
     size_t started = 1;
     int status = 0;
@@ -629,10 +640,7 @@ jg_server_run(struct jg_server *srv)
 
     /* Threads inherit the mask: SIGTERM and SIGINT stay on this thread,
      * whose loop drains them all. */
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigaddset(&block, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &block, &old);
+    block_stop_signals(&old);
     for (i = 1; i < sh->worker_count; i++) {
         if (pthread_create(&sh->workers[i]->thread, NULL, worker_main,
                            sh->workers[i]) != 0) {
@@ -721,7 +729,6 @@ void
 jg_server_free(struct jg_server *srv)
 {
     struct jg_shared *sh = srv->shared;
-    sigset_t block;
     size_t i;
 
     if (sh == NULL)
@@ -732,10 +739,7 @@ jg_server_free(struct jg_server *srv)
      * SIGTERM would then kill the process while it commits the last cache
      * writes. Blocked, it stays pending until the exit.
      */
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigaddset(&block, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &block, NULL);
+    block_stop_signals(NULL);
 
     for (i = 1; i < sh->worker_count; i++) {
         if (sh->workers[i] == NULL)
