@@ -91,8 +91,8 @@ def section_targets(results):
 
 
 def rss_explanation(results):
-    """Where jobgate's resident memory after the 1000-connection hit run
-    goes, by mapping, so that a missed memory target says why."""
+    """Split jobgate's resident memory after the 1000-connection hit run by
+    mapping, so that the page explains a missed memory target."""
     rows = results.get("summary", {}).get("matrix") or []
     row = next((r for r in rows if r["server"] == "jobgate-hit"
                 and r["connections"] == 1000), None)
@@ -199,7 +199,7 @@ def sharing_sentence(settings, cpus):
 
 
 def idle_worker_note(results):
-    """Say in which runs a worker accepted no connection at all: the
+    """List the runs where a worker accepted no connection at all. The
     workers share one listening socket, and the kernel picks which of them
     accepts each connection."""
     runs = [r for r in (results.get("workers") or {}).get("runs", [])

@@ -137,10 +137,10 @@ struct jg_cache {
     bool shared;
 
     /*
-     * The batch is this handle's thread's, except that an admin purge on
-     * another thread drops entries from it: the lock is held for every
-     * change and for the whole commit, so that a purge waits for a commit
-     * in progress and then deletes what it wrote.
+     * The batch belongs to this handle's thread, but an admin purge on
+     * another thread drops entries from it. The lock is held for every
+     * change and for the whole commit, so a purge waits for a commit in
+     * progress and then deletes what it wrote.
      */
     pthread_mutex_t pending_lock;
     struct pending_write *pending;
@@ -223,8 +223,8 @@ is_expired(const struct jg_cache *cache, int64_t stored_at, int64_t now)
 
     /*
      * Times have whole-second resolution, so an age equal to ttl_s may be
-     * anything from ttl_s to ttl_s + 1 seconds; the entry is still fresh
-     * then, so that it lives at least ttl_s seconds and never less.
+     * anything from ttl_s to ttl_s + 1 seconds. The entry is still fresh
+     * then, so it lives at least ttl_s seconds.
      *
      * NOTE: an entry stored in the future is fresh, and stays fresh until
      * ttl_s after its stored-at time. So a wall clock stepped back by D

@@ -54,7 +54,7 @@ struct jg_metrics {
     uint64_t responses[6];           /* by status class: [1] 1xx .. [5] 5xx */
 };
 
-/* What every worker of the process shares. */
+/* The state that every worker of the process shares. */
 struct jg_shared {
     /* Guards the flight table and the waiter list of every flight in it. */
     pthread_mutex_t flights_lock;

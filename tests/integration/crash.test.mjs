@@ -76,7 +76,7 @@ function readerPids(dir) {
     throw out.error;
   }
   assert.match(out.stdout, /Reader Table Status/, `mdb_stat -r ${dir}: ${out.stdout}${out.stderr}`);
-  // A process holds one slot per worker; each pid is listed once here.
+  // A process has one slot per worker, and each pid is listed once here.
   const pids = new Set();
   for (const line of out.stdout.split('\n')) {
     const m = /^\s+(\d+)\s+[0-9a-f]+\s+(\S+)\s*$/.exec(line);
