@@ -10,6 +10,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The options need neither the packages nor a build.
+for arg in "$@"; do
+    case "$arg" in
+    -h|--help) exec python3 -B bench/bench.py --help ;;
+    esac
+done
+
 command="bench/run.sh${*:+ $*}"
 commit=""
 args=()

@@ -1000,8 +1000,11 @@ finish_request(struct jg_http_conn *conn)
     conn->head_len = 0;
     conn->scanned = 0;
     conn->sent_continue = false;
-    jg_free(conn->chunked_body);
-    conn->chunked_body = NULL;
+    /* Only chunked requests have one; skip the free(NULL) of every hit. */
+    if (conn->chunked_body != NULL) {
+        jg_free(conn->chunked_body);
+        conn->chunked_body = NULL;
+    }
     /* Also while a closing connection drains a slow reader. */
     if (!conn->broken)
         arm_deadline(conn, conn->srv->idle_timeout);
